@@ -1,0 +1,37 @@
+# Every target does its own set-up on a fresh machine: it creates .venv and installs what it needs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test bench-smoke bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+# torch is installed first, pinned, so nothing can pull another build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/bitsfusion demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-smoke: $(STAMP)
+	$(PY) benchmarks/quality.py --smoke
+
+bench: $(STAMP)
+	$(PY) benchmarks/quality.py --write docs/BENCHMARKS.md
+
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
