@@ -20,3 +20,18 @@ def _seed() -> None:
 
 def bits_id(bits: int) -> str:
     return f"b{bits}"
+
+
+def grid_bits_params() -> list:
+    """Every valid (grid, bits) pair, with ids like ``symmetric-b3`` (balanced stops at 7 bits)."""
+    from bitsfusion.types import MAX_BALANCED_BITS, Grid
+
+    return [
+        pytest.param(g, b, id=f"{g.value}-b{b}")
+        for g in Grid
+        for b in ALL_BITS
+        if not (g is Grid.BALANCED and b > MAX_BALANCED_BITS)
+    ]
+
+
+GRID_BITS = grid_bits_params()

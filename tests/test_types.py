@@ -2,10 +2,10 @@ import pytest
 
 from bitsfusion.errors import ConfigError
 from bitsfusion.types import Grid, QScheme, ScaleMethod
+from tests.conftest import GRID_BITS
 
 
-@pytest.mark.parametrize("bits", range(1, 9), ids=lambda b: f"b{b}")
-@pytest.mark.parametrize("grid", list(Grid), ids=lambda g: g.value)
+@pytest.mark.parametrize("grid, bits", GRID_BITS)
 def test_scheme_round_trips_through_json(bits: int, grid: Grid) -> None:
     nested = tuple(range(1, bits)) if grid.nests else ()
     s = QScheme(bits=bits, group_size=32, grid=grid, method="mse", nested=nested)
@@ -40,8 +40,10 @@ def test_group_counts() -> None:
         ({"bits": 4, "method": "gptq"}, "method must be one of"),
         ({"bits": 4, "nested": (4,)}, "nested precisions"),
         ({"bits": 4, "grid": "balanced", "nested": (2,)}, "does not nest"),
+        ({"bits": 8, "grid": "balanced"}, "balanced grid goes up to 7 bits"),
     ],
-    ids=["bits0", "bits9", "float-bits", "group0", "bad-grid", "bad-method", "nested-too-high", "balanced-nested"],
+    ids=["bits0", "bits9", "float-bits", "group0", "bad-grid", "bad-method", "nested-too-high", "balanced-nested",
+         "balanced-8"],
 )
 def test_invalid_schemes_say_what_is_wrong(kwargs: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):

@@ -27,10 +27,11 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Grid", "ScaleMethod", "QScheme", "MIN_BITS", "MAX_BITS"]
+__all__ = ["Grid", "ScaleMethod", "QScheme", "MIN_BITS", "MAX_BITS", "MAX_BALANCED_BITS"]
 
 MIN_BITS = 1
 MAX_BITS = 8
+MAX_BALANCED_BITS = 7
 
 
 class Grid(str, Enum):
@@ -118,6 +119,11 @@ class QScheme:
             raise ConfigError(
                 f"QScheme.method must be one of {[m.value for m in ScaleMethod]}, got {self.method!r}"
             ) from None
+        if self.grid is Grid.BALANCED and self.bits > MAX_BALANCED_BITS:
+            raise ConfigError(
+                f"the balanced grid goes up to {MAX_BALANCED_BITS} bits ({(1 << MAX_BALANCED_BITS) + 1} levels, "
+                f"codes must fit a byte); use the symmetric or asymmetric grid at {self.bits} bits"
+            )
         nested = tuple(sorted(set(int(b) for b in self.nested)))
         if nested and not self.grid.nests:
             raise ConfigError("the balanced grid does not nest: use nested=() or the symmetric/asymmetric grid")
