@@ -1,0 +1,63 @@
+"""``QLinear``: ``nn.Linear`` with a packed weight, run through ``kernels.reference.linear``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..kernels import reference
+from ..types import QScheme
+from .qmodule import QModule, register_qmodule
+
+__all__ = ["QLinear"]
+
+
+@register_qmodule(nn.Linear)
+class QLinear(QModule):
+    """``y = x @ W'^T + bias``, ``W'`` the ``[out_features, in_features]`` weight at ``active_bits``.
+
+    Input float ``[..., in_features]``, output ``[..., out_features]`` in the input's dtype. The
+    bias stays a float parameter (default float32).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        scheme: QScheme,
+        weight_error: float | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._init_packed(scheme, (self.out_features, self.in_features), weight_error, device)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def _float_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        assert isinstance(module, nn.Linear)
+        return {"in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+
+    @staticmethod
+    def weight_matrix(module: nn.Module) -> torch.Tensor:
+        assert isinstance(module, nn.Linear)
+        return module.weight
+
+    def module_kwargs(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.linear(x, self.packed, self.bias, self._active_bits)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self._scheme_repr()}")

@@ -1,0 +1,210 @@
+"""``quantize_(model, plan)``: swap every planned layer for its quantized module, in place; the report.
+
+For each module, in ``named_modules`` order, the plan (``BitPlan.resolve``) decides:
+
+- a registered type (``nn.Linear``, ``nn.Conv2d``) with a scheme -> quantized (``QModule.from_float``);
+- a registered type the plan maps to None -> skipped, "plan keeps it float", with the rule that said so;
+- a leaf module owning parameters of an unregistered type (``Embedding``, ``LayerNorm``) -> skipped,
+  "no quantized module for this type" (containers and parameter-free modules are not listed);
+- a module already quantized -> skipped, so running ``quantize_`` twice is harmless;
+- a registered type in a configuration no quantized module takes (``UnsupportedLayer``, e.g.
+  ``Conv2d(padding_mode='reflect')``) -> skipped with that message.
+
+A module reachable under several names (shared) is quantized once, under its first name, and
+every reference to it is swapped. An exact plan rule that names no module of the model is
+reported as a warning (a typo would otherwise silently leave a layer in the default scheme).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import UnsupportedLayer
+from ..pack.accounting import bits_per_weight
+from ..plan import BitPlan
+from ..types import QScheme
+from .qmodule import QModule, qmodule_for, registered_float_types
+
+__all__ = ["quantize_", "QuantizeReport", "QuantizedLayer", "SkippedModule", "module_references"]
+
+PROGRESS_MIN_LAYERS = 5
+SKIP_PLAN = "plan keeps it float"
+SKIP_NO_QMODULE = "no quantized module for this type"
+SKIP_ALREADY = "already quantized"
+SKIP_FILTER = "excluded by filter_fn"
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    """One swapped layer: its packed size counts planes, scales, zeros and nested scales (bias excluded)."""
+
+    fqn: str
+    type: str
+    scheme: QScheme
+    shape: tuple[int, int]
+    nbytes: int
+    bits_per_weight: float
+    weight_error: float
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fqn": self.fqn, "type": self.type, "scheme": self.scheme.to_dict(), "shape": list(self.shape),
+                "nbytes": self.nbytes, "bits_per_weight": self.bits_per_weight,
+                "weight_error": self.weight_error, "rule": self.rule}
+
+
+@dataclass(frozen=True)
+class SkippedModule:
+    """A module left as it was, with why (``reason``) and, when the plan decided, the ``rule``."""
+
+    fqn: str
+    type: str
+    reason: str
+    rule: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fqn": self.fqn, "type": self.type, "reason": self.reason, "rule": self.rule}
+
+
+@dataclass
+class QuantizeReport:
+    """What ``quantize_`` did: quantized layers, skipped modules, warnings."""
+
+    quantized: list[QuantizedLayer] = field(default_factory=list)
+    skipped: list[SkippedModule] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, Any]:
+        """``layers``, ``quantized_params``, ``packed_bytes``, ``bits_per_weight`` (stored, every overhead)."""
+        params = sum(q.shape[0] * q.shape[1] for q in self.quantized)
+        nbytes = sum(q.nbytes for q in self.quantized)
+        return {"layers": len(self.quantized), "skipped": len(self.skipped), "quantized_params": params,
+                "packed_bytes": nbytes, "bits_per_weight": 8 * nbytes / params if params else None}
+
+    def summary(self) -> str:
+        """One line of totals, plus one line per warning."""
+        t = self.totals()
+        bpw = "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}"
+        lines = [f"quantized {t['layers']} layers ({t['quantized_params']:,} weights) into {t['packed_bytes']:,} "
+                 f"bytes, {bpw} bits per weight (scales, zeros and padding counted); "
+                 f"{t['skipped']} modules skipped"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"totals": self.totals(), "quantized": [q.to_dict() for q in self.quantized],
+                "skipped": [s.to_dict() for s in self.skipped], "warnings": list(self.warnings)}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def module_references(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """For every module object, each ``(parent, attribute)`` holding it (shared modules have several)."""
+    refs: dict[int, list[tuple[nn.Module, str]]] = {}
+    for parent in model.modules():
+        for name, child in parent._modules.items():
+            if child is not None:
+                refs.setdefault(id(child), []).append((parent, name))
+    return refs
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return next(iter(module.parameters(recurse=False)), None) is not None
+
+
+def _typo_warnings(model: nn.Module, plan: BitPlan) -> list[str]:
+    names = [name for name, _ in model.named_modules(remove_duplicate=False)]
+    known = set(names)
+    out = []
+    for key, _ in plan.items():
+        if key.startswith("re:") or key in known:
+            continue
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        out.append(f"plan rule '{key}' names no module of the model{hint}")
+    return out
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total < PROGRESS_MIN_LAYERS:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("quantizing {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=True)
+
+
+def quantize_(
+    model: nn.Module,
+    plan: BitPlan,
+    *,
+    progress: bool = True,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+) -> QuantizeReport:
+    """Quantize ``model`` in place by ``plan``; return what was quantized and what was skipped, and why.
+
+    ``filter_fn(fqn, module) -> bool``, when given, must also accept a layer for it to be
+    quantized (a layer it rejects is skipped, "excluded by filter_fn"). The root module itself
+    cannot be swapped in place (wrap it, e.g. ``nn.Sequential(layer)``). A transient rich
+    progress bar is shown when ``progress`` and at least ``PROGRESS_MIN_LAYERS`` layers are due.
+    """
+    report = QuantizeReport(warnings=_typo_warnings(model, plan))
+    refs = module_references(model)
+    todo: list[tuple[str, nn.Module, QScheme, str]] = []
+    for fqn, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, QModule):
+            report.skipped.append(SkippedModule(fqn, kind, SKIP_ALREADY))
+        elif qmodule_for(module) is None:
+            if _owns_parameters(module) and not any(True for _ in module.children()):
+                registered = ", ".join(t.__name__ for t in registered_float_types())
+                report.skipped.append(SkippedModule(fqn, kind, f"{SKIP_NO_QMODULE} (quantized: {registered})"))
+        elif (scheme := plan.resolve(fqn)) is None:
+            report.skipped.append(SkippedModule(fqn, kind, SKIP_PLAN, plan.explain(fqn)))
+        elif filter_fn is not None and not filter_fn(fqn, module):
+            report.skipped.append(SkippedModule(fqn, kind, SKIP_FILTER, plan.explain(fqn)))
+        elif fqn == "":
+            report.skipped.append(SkippedModule(fqn, kind, "the root module cannot be swapped in place; "
+                                                "wrap it, e.g. nn.Sequential(layer)", plan.explain(fqn)))
+        else:
+            todo.append((fqn, module, scheme, plan.explain(fqn)))
+    bar = _progress(len(todo), progress)
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("", total=len(todo))
+    try:
+        for fqn, module, scheme, rule in todo:
+            if bar is not None:
+                bar.update(task, description=fqn)
+            _swap_one(report, refs, fqn, module, scheme, rule)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return report
+
+
+def _swap_one(
+    report: QuantizeReport, refs: dict[int, list[tuple[nn.Module, str]]], fqn: str, module: nn.Module,
+    scheme: QScheme, rule: str,
+) -> None:
+    qcls = qmodule_for(module)
+    assert qcls is not None
+    try:
+        q = qcls.from_float(module, scheme)
+    except UnsupportedLayer as e:
+        report.skipped.append(SkippedModule(fqn, type(module).__name__, f"unsupported: {e}", rule))
+        return
+    for parent, name in refs[id(module)]:
+        setattr(parent, name, q)
+    report.quantized.append(QuantizedLayer(
+        fqn=fqn, type=type(module).__name__, scheme=scheme, shape=q.shape, nbytes=q.nbytes,
+        bits_per_weight=bits_per_weight(scheme, q.shape), weight_error=float(q.weight_error), rule=rule,  # type: ignore[arg-type]
+    ))
