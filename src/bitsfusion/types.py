@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Grid", "ScaleMethod", "QScheme", "MIN_BITS", "MAX_BITS", "MAX_BALANCED_BITS"]
+__all__ = ["Grid", "ScaleMethod", "Calibration", "QScheme", "MIN_BITS", "MAX_BITS", "MAX_BALANCED_BITS"]
 
 MIN_BITS = 1
 MAX_BITS = 8
@@ -76,6 +76,35 @@ class ScaleMethod(str, Enum):
     ALS = "als"
 
 
+class Calibration(str, Enum):
+    """Whether (and how) the layer's calibration inputs steer its quantization (output-aware quantizers).
+
+    - ``none``: the weight alone decides (the scale method's fit to ``W``);
+    - ``gptq``: second-order error compensation: columns are quantized in order and the error of each is
+      spread onto the columns not yet quantized through the inverse of the input Hessian ``H = E[x x^T]``;
+    - ``awq``: activation-aware scaling: input channels that carry large activations are scaled up before
+      rounding (``W diag(s)`` is quantized, ``diag(1/s)`` is stored as a per-input-channel vector);
+    - ``awq+gptq``: both, AWQ's scaling first.
+
+    Every calibrated scheme needs the layer's ``H`` (``quant.quantize(..., hessian=H)``).
+    """
+
+    NONE = "none"
+    GPTQ = "gptq"
+    AWQ = "awq"
+    AWQ_GPTQ = "awq+gptq"
+
+    @property
+    def uses_inputs(self) -> bool:
+        """Whether quantizing needs the layer's input statistics."""
+        return self is not Calibration.NONE
+
+    @property
+    def scales_inputs(self) -> bool:
+        """Whether a per-input-channel scale vector is stored (AWQ)."""
+        return self in (Calibration.AWQ, Calibration.AWQ_GPTQ)
+
+
 @dataclass(frozen=True)
 class QScheme:
     """How one layer's weight ``W[N, K]`` is quantized and stored.
@@ -89,6 +118,7 @@ class QScheme:
         nested: lower precisions ``b' < bits`` this layer can also run at from its top ``b'`` bit-planes;
             each costs one extra scale (and, for the asymmetric grid, zero) per group. Not allowed
             with the balanced grid, whose codes do not nest.
+        calibration: an output-aware quantizer that uses the layer's calibration inputs (see ``Calibration``).
     """
 
     bits: int
@@ -96,6 +126,7 @@ class QScheme:
     grid: Grid = Grid.SYMMETRIC
     method: ScaleMethod = ScaleMethod.ALS
     nested: tuple[int, ...] = field(default=())
+    calibration: Calibration = Calibration.NONE
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
@@ -118,6 +149,12 @@ class QScheme:
         except ValueError:
             raise ConfigError(
                 f"QScheme.method must be one of {[m.value for m in ScaleMethod]}, got {self.method!r}"
+            ) from None
+        try:
+            object.__setattr__(self, "calibration", Calibration(self.calibration))
+        except ValueError:
+            raise ConfigError(
+                f"QScheme.calibration must be one of {[c.value for c in Calibration]}, got {self.calibration!r}"
             ) from None
         if self.grid is Grid.BALANCED and self.bits > MAX_BALANCED_BITS:
             raise ConfigError(
@@ -171,6 +208,7 @@ class QScheme:
             "grid": self.grid.value,
             "method": self.method.value,
             "nested": list(self.nested),
+            "calibration": self.calibration.value,
         }
 
     @classmethod
@@ -178,7 +216,7 @@ class QScheme:
         """Inverse of ``to_dict``; unknown or missing keys raise ``ConfigError``."""
         if not isinstance(d, dict):
             raise ConfigError(f"a scheme must be a JSON object, got {type(d).__name__}")
-        known = {"bits", "group_size", "grid", "method", "nested"}
+        known = {"bits", "group_size", "grid", "method", "nested", "calibration"}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown scheme keys {sorted(unknown)}; allowed: {sorted(known)}")
@@ -193,9 +231,11 @@ class QScheme:
             grid=d.get("grid", Grid.SYMMETRIC),
             method=d.get("method", ScaleMethod.ALS),
             nested=tuple(nested),
+            calibration=d.get("calibration", Calibration.NONE),
         )
 
     def __str__(self) -> str:
         g = "ch" if self.group_size is None else f"g{self.group_size}"
         n = f"+{','.join(map(str, self.nested))}" if self.nested else ""
-        return f"{self.grid.value[:4]}{self.bits}{n}/{g}/{self.method.value}"
+        c = "" if self.calibration is Calibration.NONE else f"/{self.calibration.value}"
+        return f"{self.grid.value[:4]}{self.bits}{n}/{g}/{self.method.value}{c}"
