@@ -16,9 +16,10 @@ reference and by the candidate; reported are the mean and 5th-percentile cosine 
 sentence's two embeddings, and the top-10 neighbour overlap (see ``analysis.metrics``).
 The reference embeddings are cached per reference model until its parameters change.
 
-Calibration: the first ``16 n`` sentences of the same file, 16 per batch. They overlap the
-evaluation set; weight-only quantization (``quantize_``) never reads them, only
-sensitivity analysis does.
+Calibration: the first ``16 n`` of the 512 sentences of ``data/calibration_sentences.txt``,
+16 per batch: other one-line docstrings of the standard library, none of them in the evaluation
+set (``scripts/make_calibration_sentences.py`` made the file), so sensitivity analysis and
+output-aware quantizers never see what they are judged on.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..analysis.metrics import cosine_stats, topk_overlap
 from ..errors import ConfigError
 from .registry import ModelSpec, register_model
 
-__all__ = ["model_dir", "build_minilm", "load_sentences", "tokenize", "run", "embed",
+__all__ = ["model_dir", "build_minilm", "load_sentences", "load_calibration_sentences", "tokenize", "run", "embed",
            "reference_embeddings", "evaluate", "minilm_spec"]
 
 MAX_LENGTH = 256  # sentence_bert_config.json: max_seq_length
@@ -159,10 +160,18 @@ def evaluate(reference: nn.Module, candidate: nn.Module) -> dict[str, float]:
     return {"mean_cos": cos["mean"], "p5_cos": cos["p5"], "top10_overlap": topk_overlap(ref, cand, k=TOP_K)}
 
 
+def load_calibration_sentences() -> tuple[str, ...]:
+    """The 512 calibration sentences shipped as package data, disjoint from the evaluation sentences."""
+    path = "data/calibration_sentences.txt"
+    text = resources.files("bitsfusion.zoo").joinpath(path).read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
 def _calibration(n: int) -> list[dict[str, torch.Tensor]]:
-    sentences = load_sentences()
+    sentences = load_calibration_sentences()
     if CALIBRATION_BATCH * n > len(sentences):
-        raise ConfigError(f"minilm has {len(sentences)} calibration sentences, asked for {n} batches of 16")
+        raise ConfigError(f"minilm has {len(sentences)} calibration sentences, asked for {n} batches of "
+                          f"{CALIBRATION_BATCH}; ask for at most {len(sentences) // CALIBRATION_BATCH}")
     return [tokenize(sentences[i : i + CALIBRATION_BATCH]) for i in range(0, CALIBRATION_BATCH * n, CALIBRATION_BATCH)]
 
 
