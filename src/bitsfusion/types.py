@@ -83,10 +83,12 @@ class Calibration(str, Enum):
     - ``gptq``: second-order error compensation: columns are quantized in order and the error of each is
       spread onto the columns not yet quantized through the inverse of the input Hessian ``H = E[x x^T]``;
     - ``awq``: activation-aware scaling: input channels that carry large activations are scaled up before
-      rounding (``W diag(s)`` is quantized, ``diag(1/s)`` is stored as a per-input-channel vector);
-    - ``awq+gptq``: both, AWQ's scaling first.
+      rounding (``W diag(s)`` is quantized, ``1/s`` is stored as the float16 vector ``input_scale [K]``,
+      one factor per column of ``K``: per im2col column for a conv);
+    - ``awq+gptq``: both, AWQ's scaling first, then GPTQ on ``W diag(s)``.
 
-    Every calibrated scheme needs the layer's ``H`` (``quant.quantize(..., hessian=H)``).
+    Every calibrated scheme needs the layer's ``H`` (``quant.quantize(..., hessian=H)``, float ``[K, K]``,
+    the mean of ``x x^T`` over calibration input rows; ``nn.collect_hessians`` computes it).
     """
 
     NONE = "none"

@@ -142,3 +142,38 @@ def test_linear_matches_hand_maths_on_random_shapes(bits: int, n: int, k: int, g
     for active in scheme.precisions:
         want = x @ hand_weight(packed, codes, active).T
         torch.testing.assert_close(reference.linear(x, packed, None, active), want, rtol=1e-6, atol=1e-6)
+
+
+def with_input_scale(packed: PackedWeight, seed: int = 0) -> tuple[PackedWeight, torch.Tensor]:
+    """The same codes and scales under the scheme's AWQ twin, with random factors ``[K]`` (float16)."""
+    k = packed.shape[1]
+    factors = (torch.rand(k, generator=torch.Generator().manual_seed(seed)) * 3 + 0.1).half()
+    qw = packed.to_quantized()
+    scheme = packed.scheme.replace(calibration="awq")
+    awq = QuantizedWeight(qw.codes, qw.scales, qw.zeros, scheme, qw.nested, input_scale=factors)
+    return PackedWeight.from_quantized(awq), factors.to(torch.float64)
+
+
+@pytest.mark.parametrize("active", [2, 4], ids=lambda b: f"active{b}")
+@pytest.mark.parametrize("grid", [Grid.SYMMETRIC, Grid.ASYMMETRIC], ids=lambda g: g.value)
+def test_linear_with_input_scale_scales_the_input(grid: Grid, active: int) -> None:
+    """``x @ W'^T == (x * input_scale) @ (scale * (code - zero))^T`` at every stored precision."""
+    packed, codes = random_packed(QScheme(4, group_size=8, grid=grid, nested=(2,)), 6, 30)
+    awq, factors = with_input_scale(packed)
+    x = torch.randn(3, 30, dtype=torch.float64)
+    want = (x * factors) @ hand_weight(packed, codes, active).T
+    torch.testing.assert_close(reference.linear(x, awq, None, active), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+def test_conv2d_with_input_scale_scales_the_im2col_columns() -> None:
+    """One factor per (channel, kh, kw) column: scale the unfolded patches, then multiply."""
+    cin, cout, kernel = 3, 5, (2, 3)
+    k = cin * kernel[0] * kernel[1]
+    packed, codes = random_packed(QScheme(3, group_size=4, grid=Grid.ASYMMETRIC), cout, k)
+    awq, factors = with_input_scale(packed, seed=1)
+    x = torch.randn(2, cin, 7, 8, dtype=torch.float64)
+    patches = F.unfold(x, kernel, padding=(1, 0), stride=(2, 1))  # [B, K, L]
+    out = (hand_weight(packed, codes, 3) @ (patches * factors[:, None])).view(2, cout, 4, 6)
+    got = reference.conv2d(x, awq, None, None, (cout, cin, *kernel), (2, 1), (1, 0))
+    torch.testing.assert_close(got, out, rtol=1e-6, atol=1e-6)

@@ -100,3 +100,15 @@ def test_stored_bits_never_undercut_the_paper_count(
 def test_refuses_a_bad_shape() -> None:
     with pytest.raises(ConfigError, match="shape"):
         bits_per_weight(QScheme(4), (0, 8))
+
+
+def test_input_scale_costs_two_bytes_a_column() -> None:
+    """The docstring's example with ``calibration='awq'``: 168 + 2 * 100 bytes."""
+    scheme = QScheme(4, group_size=64, calibration="awq")
+    assert packed_nbytes_by_tensor(scheme, (3, 100))["input_scale"] == 200
+    assert packed_nbytes(scheme, (3, 100)) == 368
+    assert packed_nbytes(scheme.replace(calibration="gptq"), (3, 100)) == 168
+    plain = packed_random(scheme.replace(calibration="none"), (3, 100)).to_quantized()
+    awq = QuantizedWeight(plain.codes, plain.scales, None, scheme.replace(calibration="awq+gptq"),
+                          input_scale=torch.ones(100, dtype=torch.float16))
+    assert PackedWeight.from_quantized(awq).nbytes == 368

@@ -29,6 +29,7 @@ SCHEMES = {
     "sym8+2,4-ch": QScheme(bits=8, group_size=None, nested=(2, 4)),
     "bal1-g8": QScheme(bits=1, group_size=8, grid="balanced"),
     "bal3-g16": QScheme(bits=3, group_size=16, grid="balanced"),
+    "asym4+2-g8-awq": QScheme(bits=4, group_size=8, grid="asymmetric", nested=(2,), calibration="awq"),
 }
 
 

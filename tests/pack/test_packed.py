@@ -193,3 +193,48 @@ def test_from_quantized_refuses_a_weight_that_does_not_match_its_scheme() -> Non
     too_big = QuantizedWeight(qw.codes + 16, qw.scales, qw.zeros, scheme, qw.nested)
     with pytest.raises(ConfigError, match="only 0..15 fit"):
         PackedWeight.from_quantized(too_big)
+
+
+# -- input_scale (AWQ schemes) --------------------------------------------------------------------
+
+
+def awq_quantized(shape: tuple[int, int] = (3, 40), seed: int = 0) -> QuantizedWeight:
+    scheme = QScheme(bits=4, group_size=16, grid="asymmetric", nested=(1, 2), calibration="awq")
+    qw = random_quantized(scheme, shape, seed)
+    factors = (torch.rand(shape[1], generator=torch.Generator().manual_seed(seed)) * 4 + 0.25).half()
+    return QuantizedWeight(qw.codes, qw.scales, qw.zeros, scheme, qw.nested, input_scale=factors)
+
+
+@pytest.mark.parametrize("calibration", ["awq", "awq+gptq"])
+def test_input_scale_is_stored_and_round_trips(calibration: str) -> None:
+    qw = awq_quantized()
+    qw = QuantizedWeight(qw.codes, qw.scales, qw.zeros, qw.scheme.replace(calibration=calibration), qw.nested,
+                         input_scale=qw.input_scale)
+    packed = PackedWeight.from_quantized(qw)
+    specs = PackedWeight.tensor_specs(qw.scheme, (3, 40))
+    assert specs["input_scale"] == (torch.float16, (40,)) and set(packed.tensors()) == set(specs)
+    again = PackedWeight.from_tensors(qw.scheme, (3, 40), packed.tensors())
+    back = again.to_quantized()
+    assert back.input_scale is not None and torch.equal(back.input_scale, qw.input_scale)
+    for b in qw.scheme.precisions:
+        plain = QuantizedWeight(qw.codes, qw.scales, qw.zeros, qw.scheme, qw.nested).dequantize(b)
+        want = plain * qw.input_scale.float()
+        torch.testing.assert_close(again.dequantize(b), want, rtol=0, atol=0)
+        torch.testing.assert_close(qw.dequantize(b), want, rtol=0, atol=0)
+
+
+def test_input_scale_is_required_exactly_for_awq_schemes() -> None:
+    qw = awq_quantized()
+    tensors = PackedWeight.from_quantized(qw).tensors()
+    del tensors["input_scale"]
+    with pytest.raises(FormatError, match="tensor 'input_scale': missing"):
+        PackedWeight.from_tensors(qw.scheme, (3, 40), tensors)
+    gptq = qw.scheme.replace(calibration="gptq")
+    assert "input_scale" not in PackedWeight.tensor_specs(gptq, (3, 40))
+    with pytest.raises(ConfigError, match="tensor 'input_scale': unexpected"):
+        PackedWeight.from_quantized(QuantizedWeight(qw.codes, qw.scales, qw.zeros, gptq, qw.nested, qw.input_scale))
+    with pytest.raises(ConfigError, match="tensor 'input_scale': missing"):
+        PackedWeight.from_quantized(QuantizedWeight(qw.codes, qw.scales, qw.zeros, qw.scheme, qw.nested))
+    wrong = QuantizedWeight(qw.codes, qw.scales, qw.zeros, qw.scheme, qw.nested, qw.input_scale[:-1])
+    with pytest.raises(ConfigError, match="tensor 'input_scale': wrong shape"):
+        PackedWeight.from_quantized(wrong)

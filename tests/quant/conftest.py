@@ -20,3 +20,19 @@ def random_weight(n: int, k: int, seed: int = 0, dist: str = "normal", scale: fl
     elif dist != "normal":
         raise ValueError(f"unknown distribution {dist!r}")
     return scale * z
+
+
+def calibration_inputs(k: int, m: int = 2048, seed: int = 1, loud_every: int = 8, loud: float = 10.0) -> torch.Tensor:
+    """Correlated, anisotropic inputs float32 ``[m, k]``: Gaussian rows mixed by a random matrix
+    (correlated channels), every ``loud_every``-th channel ``loud`` times larger."""
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.eye(k) + 0.5 * torch.randn(k, k, generator=gen) / k**0.5
+    x = torch.randn(m, k, generator=gen) @ mix
+    x[:, ::loud_every] *= loud
+    return x
+
+
+def anisotropic_hessian(k: int, **kwargs: object) -> torch.Tensor:
+    """``X^T X / m`` float32 ``[k, k]`` of ``calibration_inputs``."""
+    x = calibration_inputs(k, **kwargs)  # type: ignore[arg-type]
+    return x.T @ x / x.shape[0]

@@ -8,8 +8,14 @@ The maths, for a layer stored at ``b`` bits and run at ``b' = active_bits`` (a p
 ``scheme.precisions``), with ``G`` the group size along ``K``::
 
     c'[n, k]   = codes[n, k] >> (b - b')                          (the top b' bit-planes)
-    W'[n, k]   = scale_b'[n, k // G] * (c'[n, k] - zero_b'[n, k // G])
+    W'[n, k]   = scale_b'[n, k // G] * (c'[n, k] - zero_b'[n, k // G]) * input_scale[k]
     linear:  y[..., n] = sum_k x[..., k] * W'[n, k] + bias[n]
+
+``input_scale`` (float16 ``[K]``) is stored only by activation-aware schemes (AWQ), and is 1
+otherwise. It is folded into the dequantised weight, not into ``x``: for a conv, column ``k`` is an
+im2col column ``(c, i, j)`` (channel and kernel position), which no per-channel scaling of ``x``
+can express. A native kernel may instead scale ``x`` (linear) or the unfolded patches (conv):
+``x @ W'^T == (x * input_scale) @ W''^T`` with ``W''`` the dequantised codes alone.
 
 Worked example: a 4-bit symmetric code ``c = 0b1011 = 11`` run at ``b' = 2`` keeps ``0b10 = 2``;
 with the 2-bit scale ``0.5`` and the grid's zero ``1.5`` it weighs ``0.5 * (2 - 1.5) = 0.25``.
@@ -33,7 +39,7 @@ IntPair = int | tuple[int, int]
 def dequantized_weight(packed: PackedWeight, active_bits: int | None, dtype: torch.dtype) -> torch.Tensor:
     """``W'[N, K]`` as ``dtype`` at ``active_bits`` (None: every stored bit), on the packed tensors' device.
 
-    Computed in float32 (``scale * (code - zero)``) and cast once, so a float16 ``x`` sees the
+    Computed in float32 (``scale * (code - zero) * input_scale``) and cast once, so a float16 ``x`` sees the
     float16 rounding of the exact dequantised weight. ``ConfigError`` for a precision the
     weight does not store.
     """

@@ -1,9 +1,11 @@
-"""Quantized modules and model surgery: ``QLinear``, ``QConv2d``, ``quantize_``, ``save``/``load``.
+"""Quantized modules and model surgery: ``QLinear``, ``QConv2d``, ``quantize_``, ``collect_hessians``,
+``save``/``load``.
 
 Importing this package registers the quantized modules (``qlinear``, ``qconv``).
 """
 
 from .active_bits import active_bits_of, set_active_bits
+from .calibrate import collect_hessians
 from .qconv import QConv2d
 from .qlinear import QLinear
 from .qmodule import QModule, qmodule_class, qmodule_for, register_qmodule, registered_float_types
@@ -19,6 +21,7 @@ __all__ = [
     "qmodule_for",
     "qmodule_class",
     "quantize_",
+    "collect_hessians",
     "QuantizeReport",
     "QuantizedLayer",
     "SkippedModule",

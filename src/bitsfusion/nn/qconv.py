@@ -4,6 +4,9 @@ The weight ``[out, in/groups, kh, kw]`` is quantized viewed as ``[N, K] = [out, 
 groups of ``group_size`` run along the flattened ``(channel, kh, kw)`` axis of one output
 channel. Only ``padding_mode='zeros'`` is supported (the reflect/replicate/circular modes pad
 the input in Python before the op; no kernel here does that yet).
+
+An AWQ scheme's ``input_scale`` (float16 ``[in/groups*kh*kw]``) has one factor per im2col column
+``(c, i, j)`` of that view, folded into the dequantised weight before it is viewed back to 4-D.
 """
 
 from __future__ import annotations

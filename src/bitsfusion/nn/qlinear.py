@@ -19,7 +19,8 @@ class QLinear(QModule):
     """``y = x @ W'^T + bias``, ``W'`` the ``[out_features, in_features]`` weight at ``active_bits``.
 
     Input float ``[..., in_features]``, output ``[..., out_features]`` in the input's dtype. The
-    bias stays a float parameter (default float32).
+    bias stays a float parameter (default float32). An AWQ scheme adds the buffer ``input_scale``
+    (float16 ``[in_features]``), folded into ``W'`` (``W'[:, k] *= input_scale[k]``) at every precision.
     """
 
     def __init__(

@@ -127,18 +127,21 @@ class QModule(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_float(cls, module: nn.Module, scheme: QScheme) -> "QModule":
+    def from_float(cls, module: nn.Module, scheme: QScheme, *, hessian: torch.Tensor | None = None) -> "QModule":
         """Quantize ``module``'s weight with ``scheme`` into a new quantized module.
 
         The weight is quantized in float32 on its own device; the bias is copied as it is
         (same dtype). ``weight_error`` is measured against the full-precision dequantisation.
+        ``hessian``: float ``[K, K]``, the mean of ``x x^T`` over the layer's calibration input rows
+        (``collect_hessians``; for a conv the im2col rows), needed by a calibrated scheme
+        (``ConfigError`` without it) and ignored otherwise.
         """
         if type(module) is not cls.float_type:
             raise UnsupportedLayer(f"{cls.__name__}.from_float takes a {cls.float_type.__name__}, "
                                    f"got {type(module).__name__}")
         kwargs = cls._float_kwargs(module)
         w = cls.weight_matrix(module).detach().to(torch.float32)
-        qw = quantize(w, scheme)
+        qw = quantize(w, scheme, hessian=hessian)
         packed = PackedWeight.from_quantized(qw)
         error = relative_error(w, packed.dequantize())
         bias = getattr(module, "bias", None)

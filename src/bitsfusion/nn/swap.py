@@ -8,7 +8,13 @@ For each module, in ``named_modules`` order, the plan (``BitPlan.resolve``) deci
   "no quantized module for this type" (containers and parameter-free modules are not listed);
 - a module already quantized -> skipped, so running ``quantize_`` twice is harmless;
 - a registered type in a configuration no quantized module takes (``UnsupportedLayer``, e.g.
-  ``Conv2d(padding_mode='reflect')``) -> skipped with that message.
+  ``Conv2d(padding_mode='reflect')``) -> skipped with that message;
+- a calibrated scheme (``QScheme.calibration``: GPTQ, AWQ) for a layer with no input Hessian in
+  ``hessians`` -> skipped, "calibrated scheme without an input Hessian", with the fix.
+
+Calibrated schemes read ``hessians[fqn]`` (``collect_hessians``). ``calibration_data=batches``
+collects them first, from the float model, for the planned calibrated layers only (one pass over
+the batches before any layer is swapped).
 
 A module reachable under several names (shared) is quantized once, under its first name, and
 every reference to it is swapped. An exact plan rule that names no module of the model is
@@ -20,14 +26,17 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from ..errors import UnsupportedLayer
+from ..errors import ConfigError, UnsupportedLayer
 from ..pack.accounting import bits_per_weight
 from ..plan import BitPlan
 from ..types import QScheme
+from .calibrate import collect_hessians, hessian_unsupported
 from .qmodule import QModule, qmodule_for, registered_float_types
 
 __all__ = ["quantize_", "QuantizeReport", "QuantizedLayer", "SkippedModule", "module_references"]
@@ -37,6 +46,7 @@ SKIP_PLAN = "plan keeps it float"
 SKIP_NO_QMODULE = "no quantized module for this type"
 SKIP_ALREADY = "already quantized"
 SKIP_FILTER = "excluded by filter_fn"
+SKIP_NO_HESSIAN = "calibrated scheme without an input Hessian"
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,9 @@ def quantize_(
     *,
     progress: bool = True,
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
+    hessians: Mapping[str, torch.Tensor] | None = None,
+    calibration_data: Iterable[Any] | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> QuantizeReport:
     """Quantize ``model`` in place by ``plan``; return what was quantized and what was skipped, and why.
 
@@ -153,7 +166,14 @@ def quantize_(
     quantized (a layer it rejects is skipped, "excluded by filter_fn"). The root module itself
     cannot be swapped in place (wrap it, e.g. ``nn.Sequential(layer)``). A transient rich
     progress bar is shown when ``progress`` and at least ``PROGRESS_MIN_LAYERS`` layers are due.
+
+    ``hessians``: ``{fqn: H}`` (float ``[K, K]``, from ``collect_hessians``) for layers whose scheme
+    is calibrated; such a layer without one is skipped with the reason. ``calibration_data``
+    (batches for ``forward(model, batch)``, see ``collect_hessians``) collects them here instead;
+    giving both is a ``ConfigError``.
     """
+    if calibration_data is not None and hessians is not None:
+        raise ConfigError("quantize_: pass hessians= or calibration_data=, not both")
     report = QuantizeReport(warnings=_typo_warnings(model, plan))
     refs = module_references(model)
     todo: list[tuple[str, nn.Module, QScheme, str]] = []
@@ -174,6 +194,9 @@ def quantize_(
                                                 "wrap it, e.g. nn.Sequential(layer)", plan.explain(fqn)))
         else:
             todo.append((fqn, module, scheme, plan.explain(fqn)))
+    if calibration_data is not None:
+        wanted = [fqn for fqn, m, sc, _ in todo if sc.calibration.uses_inputs and hessian_unsupported(m) is None]
+        hessians = collect_hessians(model, calibration_data, forward=forward, names=wanted, progress=progress)
     bar = _progress(len(todo), progress)
     if bar is not None:
         bar.start()
@@ -182,7 +205,7 @@ def quantize_(
         for fqn, module, scheme, rule in todo:
             if bar is not None:
                 bar.update(task, description=fqn)
-            _swap_one(report, refs, fqn, module, scheme, rule)
+            _swap_one(report, refs, fqn, module, scheme, rule, hessians)
             if bar is not None:
                 bar.advance(task)
     finally:
@@ -193,12 +216,22 @@ def quantize_(
 
 def _swap_one(
     report: QuantizeReport, refs: dict[int, list[tuple[nn.Module, str]]], fqn: str, module: nn.Module,
-    scheme: QScheme, rule: str,
+    scheme: QScheme, rule: str, hessians: Mapping[str, torch.Tensor] | None,
 ) -> None:
     qcls = qmodule_for(module)
     assert qcls is not None
+    hessian = None
+    if scheme.calibration.uses_inputs:
+        hessian = None if hessians is None else hessians.get(fqn)
+        if hessian is None:
+            why = hessian_unsupported(module)
+            fix = (f"({why})" if why is not None else "pass hessians=collect_hessians(model, batches) or "
+                   "calibration_data=batches to quantize_")
+            report.skipped.append(SkippedModule(fqn, type(module).__name__, f"{SKIP_NO_HESSIAN} "
+                                                f"({scheme.calibration.value}): {fix}", rule))
+            return
     try:
-        q = qcls.from_float(module, scheme)
+        q = qcls.from_float(module, scheme, hessian=hessian)
     except UnsupportedLayer as e:
         report.skipped.append(SkippedModule(fqn, type(module).__name__, f"unsupported: {e}", rule))
         return

@@ -13,11 +13,17 @@ suffix           dtype   shape                            holds
 ``zeros``        float16 ``[N, n_groups]``                zero point per group (asym. only)
 ``scales_b{b'}`` float16 ``[N, n_groups]``                scale at nested precision ``b'``
 ``zeros_b{b'}``  float16 ``[N, n_groups]``                zero at ``b'`` (asym. only)
+``input_scale``  float16 ``[K]``                          ``1/s`` per column (AWQ schemes only)
 ================ ======= ================================ =====================================
 
 Running at ``b' < b`` reads only the first ``b'`` planes (``codes(b') == codes() >> (b - b')``)
 with that precision's scales and zeros, so one stored weight serves every precision in
 ``scheme.precisions``. Suffixes contain no dots, so they are valid ``nn.Module`` buffer names.
+
+An activation-aware scheme (``scheme.calibration.scales_inputs``: ``awq``, ``awq+gptq``) stores its
+codes in the scaled basis ``W diag(s)`` and ``input_scale = 1/s``; every precision shares it, and
+``dequantize`` multiplies column ``k`` by ``input_scale[k]`` (see ``quant.codes``), so the weight
+it returns is in the original basis.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ class PackedWeight:
         scales: float16 ``[N, n_groups]``.
         zeros: float16 ``[N, n_groups]`` on the asymmetric grid, else None.
         nested: ``{b': (scales, zeros | None)}`` for each ``b'`` in ``scheme.nested``.
+        input_scale: float16 ``[K]`` when ``scheme.calibration.scales_inputs``, else None.
 
     Every field is validated on construction (``FormatError`` naming the tensor at fault).
     """
@@ -100,6 +107,7 @@ class PackedWeight:
     scales: torch.Tensor
     zeros: torch.Tensor | None = None
     nested: Nested = field(default_factory=dict)
+    input_scale: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, QScheme):
@@ -114,7 +122,7 @@ class PackedWeight:
 
         Example: ``QScheme(4, group_size=64, grid="asymmetric", nested=(2,))`` at ``(3, 100)``
         gives ``qweight`` uint8 ``(4, 3, 13)``, and ``scales``, ``zeros``, ``scales_b2``,
-        ``zeros_b2`` float16 ``(3, 2)``.
+        ``zeros_b2`` float16 ``(3, 2)``; with ``calibration="awq"`` also ``input_scale`` float16 ``(100,)``.
         """
         n, k = _check_shape(shape)
         if scheme.grid.nests:
@@ -129,6 +137,8 @@ class PackedWeight:
             specs[f"scales_b{b}"] = (torch.float16, group)
             if scheme.has_zeros:
                 specs[f"zeros_b{b}"] = (torch.float16, group)
+        if scheme.calibration.scales_inputs:
+            specs["input_scale"] = (torch.float16, (k,))
         return specs
 
     def _named(self) -> dict[str, object]:
@@ -139,6 +149,8 @@ class PackedWeight:
             out[f"scales_b{b}"] = s
             if z is not None:
                 out[f"zeros_b{b}"] = z
+        if self.input_scale is not None:
+            out["input_scale"] = self.input_scale
         return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -157,7 +169,8 @@ class PackedWeight:
         shape = _check_shape(shape)
         _check_tensors(scheme, shape, tensors)
         nested: Nested = {b: (tensors[f"scales_b{b}"], tensors.get(f"zeros_b{b}")) for b in scheme.nested}
-        return cls(scheme, shape, tensors["qweight"], tensors["scales"], tensors.get("zeros"), nested)
+        return cls(scheme, shape, tensors["qweight"], tensors["scales"], tensors.get("zeros"), nested,
+                   tensors.get("input_scale"))
 
     @classmethod
     def empty(
@@ -186,13 +199,14 @@ class PackedWeight:
                 f"says {list(scheme.nested)}"
             )
         try:
-            return cls(scheme, qw.shape, qweight, qw.scales, qw.zeros, dict(qw.nested))
+            return cls(scheme, qw.shape, qweight, qw.scales, qw.zeros, dict(qw.nested), qw.input_scale)
         except FormatError as e:
             raise ConfigError(f"the QuantizedWeight does not match its scheme {scheme}: {e}") from None
 
     def to_quantized(self) -> QuantizedWeight:
         """The lossless inverse of ``from_quantized`` (codes unpacked; scales shared, not copied)."""
-        return QuantizedWeight(self.codes(), self.scales, self.zeros, self.scheme, dict(self.nested))
+        return QuantizedWeight(self.codes(), self.scales, self.zeros, self.scheme, dict(self.nested),
+                               self.input_scale)
 
     def _precision(self, active_bits: int | None) -> int:
         if active_bits is None:
@@ -222,13 +236,14 @@ class PackedWeight:
         return (self.scales, self.zeros) if b == self.scheme.bits else self.nested[b]
 
     def dequantize(self, active_bits: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``W_hat[N, K]`` as ``dtype``: ``scale * (code - zero)`` at precision ``active_bits``."""
+        """``W_hat[N, K]`` as ``dtype``: ``scale * (code - zero)`` at precision ``active_bits``, times
+        ``input_scale[k]`` per column when stored (the original basis)."""
         b = self._precision(active_bits)
         scales, zeros = self.scale_zero(b)
         scheme = self.scheme.replace(bits=b, nested=())
-        return dequantize_codes(self.codes(b), scales, zeros, scheme, dtype=dtype)
+        return dequantize_codes(self.codes(b), scales, zeros, scheme, dtype=dtype, input_scale=self.input_scale)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every stored tensor (planes or words, scales, zeros, nested scales and zeros)."""
+        """Bytes of every stored tensor (planes or words, scales, zeros, nested scales and zeros, input_scale)."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())

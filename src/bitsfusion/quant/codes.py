@@ -11,6 +11,16 @@ with ``zero`` the grid's constant where it is not stored (``Grid.constant_zero``
 
 A ``b``-bit code truncated to its top ``b'`` bits, ``codes >> (b - b')``, is a valid ``b'``-bit
 code with its own per-group scale (and zero): ``QuantizedWeight.nested[b']``.
+
+Activation-aware schemes (``scheme.calibration.scales_inputs``, AWQ) quantize ``W diag(s)``
+instead of ``W`` and store ``input_scale = 1/s`` (float16 ``[K]``), one factor per column of
+``K`` (for a conv: per im2col column ``(c, i, j)``). The weight in the original basis is then::
+
+    W[n, k] ≈ scale[n, k // G] * (codes[n, k] - zero[n, k // G]) * input_scale[k]
+
+so ``x @ W_hat^T == (x * input_scale) @ deq(codes)^T``: the stored factor multiplies the input.
+Example: ``s = 4`` on a column whose activations are large gives ``input_scale = 0.25``; a weight
+``0.1`` there is quantized as ``0.4`` (a finer relative grid), and dequantizes back to ``~0.1``.
 """
 
 from __future__ import annotations
@@ -35,6 +45,9 @@ class QuantizedWeight:
         scheme: the scheme that produced them.
         nested: for each ``b'`` in ``scheme.nested``, ``(scales, zeros)`` of the truncated code
             ``codes >> (bits - b')``, same shapes and dtypes as above (zeros None unless asymmetric).
+        input_scale: float16 ``[K]``, the per-column factor ``1/s`` of an activation-aware scheme
+            (``scheme.calibration.scales_inputs``), else None; ``dequantize`` multiplies column
+            ``k`` by it, so the result is in the original basis of ``W``.
     """
 
     codes: torch.Tensor
@@ -42,6 +55,7 @@ class QuantizedWeight:
     zeros: torch.Tensor | None
     scheme: QScheme
     nested: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    input_scale: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -60,13 +74,14 @@ class QuantizedWeight:
         return self.codes >> (self.scheme.bits - bits)
 
     def dequantize(self, bits: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``W_hat[N, K]`` at ``bits`` (must be ``scheme.bits`` or one of ``scheme.nested``)."""
+        """``W_hat[N, K]`` at ``bits`` (must be ``scheme.bits`` or one of ``scheme.nested``), original basis."""
         bits = self.scheme.bits if bits is None else bits
         if bits not in self.scheme.precisions:
             raise ValueError(f"this weight stores precisions {self.scheme.precisions}, not {bits}")
         scales, zeros = self.scale_zero(bits)
         return dequantize_codes(
-            self.truncated_codes(bits), scales, zeros, self.scheme.replace(bits=bits, nested=()), dtype=dtype
+            self.truncated_codes(bits), scales, zeros, self.scheme.replace(bits=bits, nested=()), dtype=dtype,
+            input_scale=self.input_scale,
         )
 
 
@@ -83,11 +98,13 @@ def dequantize_codes(
     zeros: torch.Tensor | None,
     scheme: QScheme,
     dtype: torch.dtype = torch.float32,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``scale * (codes - zero)`` per group, computed in float32 and returned as ``dtype``.
+    """``scale * (codes - zero)`` per group, times ``input_scale[k]`` per column when given,
+    computed in float32 and returned as ``dtype``.
 
     ``scheme.bits`` is the precision of ``codes`` (already truncated when running nested);
-    ``zeros`` must be given exactly when the grid stores them.
+    ``zeros`` must be given exactly when the grid stores them; ``input_scale`` is ``[K]``.
     """
     k = int(codes.shape[1])
     s = expand_groups(scales.to(torch.float32), k, scheme.group_size)
@@ -99,4 +116,6 @@ def dequantize_codes(
         out = (codes.to(torch.float32) - z) * s
     else:
         out = (codes.to(torch.float32) - constant) * s
+    if input_scale is not None:
+        out = out * input_scale.to(torch.float32).unsqueeze(0)
     return out.to(dtype)

@@ -7,6 +7,22 @@ no statistic (min/max, least-squares sums, search errors) can see a padding valu
 
 Example: ``K = 150, G = 64`` gives groups ``[0, 64)``, ``[64, 128)`` and the tail ``[128, 150)``;
 ``scales`` is ``[N, 3]`` and ``codes[n, 130]`` is read with ``scales[n, 2]``.
+
+``scheme.calibration`` picks the quantizer; every calibrated one needs ``hessian``, float
+``[K, K]``, the mean of ``x x^T`` over the layer's calibration input rows (``nn.collect_hessians``):
+
+============ ===================================================================================
+none         round-to-nearest against each group's fitted scale (``fit_groups``)
+gptq         ``gptq.gptq_codes``: columns in order, errors spread by the inverse Hessian
+awq          ``awq.awq_search``: per-input-channel factors, then round-to-nearest of ``W diag(s)``
+awq+gptq     AWQ's factors, then GPTQ on ``W diag(s)`` with ``H' = diag(1/s) H diag(1/s)``
+============ ===================================================================================
+
+GPTQ's group scales: the scheme's method or min-max, per group whichever has the lower
+input-weighted error (see ``gptq``: clipping an outlier weight with a large input is what GPTQ
+cannot repair). Nested precisions of a GPTQ weight: GPTQ fixes the full-precision codes; each prefix's scale
+(zero) is then the least-squares fit of its truncated codes to the weight (``W diag(s)`` with
+AWQ), as ``nest_by_truncation`` does. AWQ's ``alpha`` is searched at the stored precision only.
 """
 
 from __future__ import annotations
@@ -16,13 +32,17 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
-from ..types import QScheme, ScaleMethod
+from ..types import Calibration, QScheme, ScaleMethod
+from .awq import awq_search
 from .codes import QuantizedWeight
+from .gptq import gptq_codes
 from .grids import GridSpec
 from .nested import GroupFit, fit_nested, nest_by_truncation
 from .scales import MAX_ABS_WEIGHT, als, minmax, mse_search
 
-__all__ = ["quantize", "relative_error", "fit_groups"]
+__all__ = ["quantize", "relative_error", "output_error", "fit_groups"]
+
+Params = dict[int, tuple[torch.Tensor, torch.Tensor | None]]
 
 _METHODS: dict[ScaleMethod, Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]] = {
     ScaleMethod.MINMAX: minmax,
@@ -83,41 +103,131 @@ def fit_groups(
     return fit
 
 
+def _check_hessian(hessian: object, scheme: QScheme, k: int, device: torch.device) -> torch.Tensor:
+    if hessian is None:
+        raise ConfigError(f"the {scheme.calibration.value} scheme {scheme} quantizes from the layer's inputs: pass "
+                          f"hessian=H (float [{k}, {k}], the mean of x x^T over calibration rows, e.g. from "
+                          f"bitsfusion.nn.collect_hessians), or use calibration='none'")
+    if not isinstance(hessian, torch.Tensor) or tuple(hessian.shape) != (k, k):
+        got = tuple(hessian.shape) if isinstance(hessian, torch.Tensor) else type(hessian).__name__
+        raise ConfigError(f"the input Hessian of a weight with K = {k} columns must be a [{k}, {k}] tensor, got {got}; "
+                          "for a conv layer K is in/groups * kh * kw (im2col columns)")
+    h = hessian.detach().to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(h).all()):
+        raise ConfigError("the input Hessian has NaN/inf entries; recollect it from finite calibration inputs")
+    return h
+
+
+def _split(k: int, scheme: QScheme, codes: torch.Tensor, params: Params) -> list[tuple[int, int, int, GroupFit]]:
+    """Per segment (see ``_segments``): its columns, group length, and codes / params as group rows."""
+    out = []
+    g0 = 0
+    for start, stop, length in _segments(k, scheme.group_size):
+        ng = (stop - start) // length
+        seg = {b: (s[:, g0 : g0 + ng].reshape(-1, 1), None if z is None else z[:, g0 : g0 + ng].reshape(-1, 1))
+               for b, (s, z) in params.items()}
+        out.append((start, stop, length, GroupFit(codes[:, start:stop].reshape(-1, length), seg)))
+        g0 += ng
+    return out
+
+
+class _Params:
+    """Per-precision scales / zeros of group rows, gathered segment by segment into ``[N, n_groups]``."""
+
+    def __init__(self, n: int, precisions: tuple[int, ...]):
+        self.n = n
+        self.parts: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {b: ([], []) for b in precisions}
+
+    def add(self, params: Params) -> None:
+        for b, (scales, zeros) in self.parts.items():
+            s, z = params[b]
+            scales.append(s.reshape(self.n, -1))
+            if z is not None:
+                zeros.append(z.reshape(self.n, -1))
+
+    def joined(self) -> Params:
+        return {b: (torch.cat(s, dim=1), torch.cat(z, dim=1) if z else None) for b, (s, z) in self.parts.items()}
+
+
+def _assemble(codes: torch.Tensor, params: Params, scheme: QScheme,
+              input_scale: torch.Tensor | None = None) -> QuantizedWeight:
+    stored = {b: (s.to(torch.float16), None if z is None else z.to(torch.float16)) for b, (s, z) in params.items()}
+    scales, zeros = stored.pop(scheme.bits)
+    return QuantizedWeight(codes=codes.to(torch.uint8), scales=scales, zeros=zeros, scheme=scheme, nested=stored,
+                           input_scale=input_scale)
+
+
+def _round_to_nearest(w32: torch.Tensor, scheme: QScheme, prefix_aware: bool, full_weight: float) -> QuantizedWeight:
+    """Round-to-nearest (or prefix-aware nested) codes of validated ``w32`` ``[N, K]``, group by group."""
+    n, k = w32.shape
+    codes = torch.empty(n, k, dtype=torch.uint8, device=w32.device)
+    params = _Params(n, scheme.precisions)
+    for start, stop, length in _segments(k, scheme.group_size):
+        fit = fit_groups(w32[:, start:stop].reshape(-1, length), scheme, prefix_aware, full_weight)
+        codes[:, start:stop] = fit.codes.reshape(n, stop - start).to(torch.uint8)
+        params.add(fit.params)
+    return _assemble(codes, params.joined(), scheme)
+
+
+def _gptq(w32: torch.Tensor, hessian: torch.Tensor, scheme: QScheme, input_scale: torch.Tensor | None
+          ) -> QuantizedWeight:
+    """GPTQ codes at ``scheme.bits``; nested scales by least squares of the truncated codes to ``w32``."""
+    n, k = w32.shape
+    spec = GridSpec(scheme.grid, scheme.bits)
+
+    def fit_group(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        scale, zero, _ = _METHODS[scheme.method](x, spec)
+        if scheme.method is ScaleMethod.MINMAX:
+            return [(scale, zero)]
+        s_mm, z_mm, _ = minmax(x, spec)
+        return [(scale, zero), (s_mm, z_mm)]
+
+    codes, scales, zeros = gptq_codes(w32, hessian, scheme.replace(nested=()), fit_group)
+    params: Params = {scheme.bits: (scales, zeros)}
+    if scheme.nested:
+        nested = _Params(n, scheme.nested)
+        for start, stop, length, fit in _split(k, scheme, codes, params):
+            nested.add(nest_by_truncation(w32[:, start:stop].reshape(-1, length), fit, scheme).params)
+        params.update(nested.joined())
+    return _assemble(codes, params, scheme, input_scale)
+
+
 def quantize(
-    w: torch.Tensor, scheme: QScheme, *, prefix_aware: bool = True, full_weight: float = 1.0
+    w: torch.Tensor, scheme: QScheme, *, hessian: torch.Tensor | None = None, prefix_aware: bool = True,
+    full_weight: float = 1.0,
 ) -> QuantizedWeight:
     """Quantize ``w`` (float ``[N, K]``, any float dtype, computed in float32) with ``scheme``.
 
     Returns codes uint8 ``[N, K]`` in ``0 .. scheme.levels - 1``, scales float16 ``[N, n_groups]``,
     zeros float16 (asymmetric grid) and, for each nested ``b'``, the scales (and zeros) of the
-    truncated codes ``codes >> (bits - b')``. Without nesting, codes are nearest-rounded against the
-    stored float16 scales, so ``dequantize`` reproduces exactly the error the scale search minimised;
-    with nesting they are searched against the stored float16 scales of every precision
-    (``prefix_aware`` and ``full_weight`` choose how, see ``fit_groups``).
+    truncated codes ``codes >> (bits - b')``; with AWQ (``scheme.calibration.scales_inputs``) also
+    ``input_scale`` float16 ``[K]``. Round-to-nearest (calibration ``none``): codes are nearest-rounded
+    against the stored float16 scales, so ``dequantize`` reproduces exactly the error the scale search
+    minimised; with nesting they are searched against the stored float16 scales of every precision
+    (``prefix_aware`` and ``full_weight`` choose how, see ``fit_groups``; GPTQ ignores both).
+
+    ``hessian``: float ``[K, K]``, the mean over calibration rows of ``x x^T`` (for a conv, the im2col
+    patch rows, columns in the order of ``weight.reshape(out, -1)``). Ignored for calibration
+    ``none``; a calibrated scheme without it raises ``ConfigError``, as does one of the wrong shape.
     Raises ``ValueError`` for a weight that is not 2-D, empty, non-float, non-finite or too large.
     """
     w32 = _validate(w, scheme)
-    n, k = w32.shape
-    codes = torch.empty(n, k, dtype=torch.uint8, device=w32.device)
-    params: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {b: ([], []) for b in scheme.precisions}
-    for start, stop, length in _segments(k, scheme.group_size):
-        x = w32[:, start:stop].reshape(-1, length)
-        fit = fit_groups(x, scheme, prefix_aware, full_weight)
-        codes[:, start:stop] = fit.codes.reshape(n, stop - start).to(torch.uint8)
-        for b, (s, z) in fit.params.items():
-            params[b][0].append(s.reshape(n, -1))
-            if z is not None:
-                params[b][1].append(z.reshape(n, -1))
-
-    def _cat(parts: list[torch.Tensor]) -> torch.Tensor | None:
-        return torch.cat(parts, dim=1).to(torch.float16) if parts else None
-
-    stored = {b: (_cat(s), _cat(z)) for b, (s, z) in params.items()}
-    scales, zeros = stored.pop(scheme.bits)
-    assert scales is not None
-    return QuantizedWeight(
-        codes=codes, scales=scales, zeros=zeros, scheme=scheme, nested=stored  # type: ignore[arg-type]
-    )
+    calibration = scheme.calibration
+    if calibration is Calibration.NONE:
+        return _round_to_nearest(w32, scheme, prefix_aware, full_weight)
+    h = _check_hessian(hessian, scheme, int(w32.shape[1]), w32.device)
+    if calibration is Calibration.GPTQ:
+        return _gptq(w32, h, scheme, None)
+    search = scheme.replace(nested=(), calibration=Calibration.NONE)
+    found = awq_search(w32, h, lambda v: _round_to_nearest(v, search, prefix_aware, full_weight))
+    inv = found.input_scale.to(torch.float32)
+    if calibration is Calibration.AWQ_GPTQ:
+        return _gptq(w32 / inv.unsqueeze(0), h * inv.unsqueeze(0) * inv.unsqueeze(1), scheme, found.input_scale)
+    if not scheme.nested:
+        q = found.qweight
+        return QuantizedWeight(q.codes, q.scales, q.zeros, scheme, q.nested, input_scale=found.input_scale)
+    q = _round_to_nearest(w32 / inv.unsqueeze(0), scheme, prefix_aware, full_weight)
+    return QuantizedWeight(q.codes, q.scales, q.zeros, scheme, q.nested, input_scale=found.input_scale)
 
 
 def relative_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
@@ -127,6 +237,25 @@ def relative_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     ref = w.detach().to(torch.float64)
     num = float((ref - w_hat.detach().to(torch.float64)).square().sum())
     den = float(ref.square().sum())
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
+    """Relative layer-output error ``tr(dW H dW^T) / tr(W H W^T)``, ``dW = w - w_hat``, in float64.
+
+    With ``H`` the mean of ``x x^T`` over inputs ``x``, this is ``E||x dW^T||^2 / E||x W^T||^2``:
+    the squared error of the layer's output relative to its output. ``w``, ``w_hat`` ``[N, K]``,
+    ``hessian`` ``[K, K]``. For ``tr(W H W^T) == 0``: 0.0 if the numerator is too, else inf.
+    """
+    if w.shape != w_hat.shape or hessian.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"output_error needs w, w_hat [N, K] and hessian [K, K], got {tuple(w.shape)}, "
+                         f"{tuple(w_hat.shape)}, {tuple(hessian.shape)}")
+    ref = w.detach().to(torch.float64)
+    h = hessian.detach().to(device=ref.device, dtype=torch.float64)
+    dw = ref - w_hat.detach().to(device=ref.device, dtype=torch.float64)
+    num, den = float(((dw @ h) * dw).sum()), float(((ref @ h) * ref).sum())
     if den == 0.0:
         return 0.0 if num == 0.0 else float("inf")
     return num / den
