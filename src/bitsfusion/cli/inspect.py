@@ -4,13 +4,17 @@ The artifact is fully validated first (structure and every tensor's SHA-256), so
 or truncated artifact fails here with a one-line ``FormatError`` rather than later.
 Bytes and bits per weight are the stored counting of ``pack.accounting``: bit-planes with
 their row padding, float16 scales, zeros and nested-precision scales, all counted.
+``--heatmap bits.png`` also draws the per-layer bits as a heat map: one row per block (the
+layer name up to its first number, e.g. ``encoder.layer.3``), one column per role within a
+block (the rest of the name, e.g. ``attention.self.query``); layers with no number form one row.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -20,9 +24,11 @@ from ..pack.accounting import bits_per_weight, packed_nbytes
 from ..pack.format import TORCH_DTYPES
 from ..pack.io import artifact_nbytes, load_artifact
 from ..pack.packed import PackedWeight
+from ..errors import ConfigError
 from ..types import QScheme
 
-__all__ = ["inspect_command", "layer_table", "skipped_table", "totals_table", "artifact_totals", "fmt_bytes"]
+__all__ = ["inspect_command", "layer_table", "skipped_table", "totals_table", "artifact_totals", "fmt_bytes",
+           "bits_grid", "plot_heatmap"]
 
 
 def fmt_bytes(n: float) -> str:
@@ -110,11 +116,66 @@ def totals_table(totals: dict[str, float]) -> Table:
     return table
 
 
+_BLOCK = re.compile(r"^(.*?\.\d+)\.(.+)$")
+
+
+def bits_grid(bits: dict[str, float]) -> tuple[list[str], list[str], list[list[float]]]:
+    """``(rows, cols, values)``: layer bits laid out as blocks x roles (NaN where a block lacks a role).
+
+    ``{"enc.0.q": 2, "enc.0.k": 4, "enc.1.q": 3, "head": 8}`` -> rows ``["enc.0", "enc.1", "(other)"]``,
+    cols ``["q", "k", "head"]``, values ``[[2, 4, nan], [3, nan, nan], [nan, nan, 8]]``.
+    """
+    rows: dict[str, dict[str, float]] = {}
+    cols: dict[str, None] = {}
+    for name, b in bits.items():
+        m = _BLOCK.match(name)
+        row, col = (m.group(1), m.group(2)) if m else ("(other)", name)
+        rows.setdefault(row, {})[col] = b
+        cols.setdefault(col)
+    names = [r for r in rows if r != "(other)"] + (["(other)"] if "(other)" in rows else [])
+    return names, list(cols), [[rows[r].get(c, math.nan) for c in cols] for r in names]
+
+
+def plot_heatmap(bits: dict[str, float], out: Path, title: str) -> Path:
+    """Write the per-layer bits as an annotated heat map image (matplotlib, Agg backend)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the heat map needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows, cols, values = bits_grid(bits)
+    data = np.array(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.2 + 0.45 * len(rows)))
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto", vmin=1, vmax=8)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not math.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:g}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(im, ax=ax, label="stored bits per code")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def inspect_command(
     artifact: Path = typer.Argument(..., help="artifact directory written by `bitsfusion quantize`"),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="also draw per-layer bits as an image"),
 ) -> None:
     """Per-layer table of a saved artifact (scheme, bytes, bits/weight, weight error) and its totals."""
     console = Console()
     manifest, _ = load_artifact(artifact)
     console.print(layer_table(manifest, title=f"{artifact}: quantized layers"))
-    console.print(totals_table(artifact_totals(manifest, artifact)))
+    totals = artifact_totals(manifest, artifact)
+    console.print(totals_table(totals))
+    if heatmap is not None:
+        bits = {fqn: float(e["scheme"]["bits"]) for fqn, e in manifest["layers"].items()}
+        plot_heatmap(bits, heatmap, f"{artifact.name}: bits per layer ({totals['bits_per_weight']:.2f} stored "
+                                    "bits/weight overall)")
+        console.print(f"wrote {heatmap}")

@@ -1,4 +1,4 @@
-"""The ``bitsfusion`` command line: ``quantize``, ``inspect``, ``eval``, ``demo``.
+"""The ``bitsfusion`` command line: ``quantize``, ``inspect``, ``eval``, ``demo``, ``analyze``, ``allocate``, ``pareto``.
 
 Each command lives in its own module and is a few lines over the public API. This module
 only assembles them and sets the error contract every command follows:
@@ -20,9 +20,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import BitsFusionError
+from .allocate import allocate_command
+from .analyze import analyze_command
 from .demo import demo_command
 from .evaluate import eval_command
 from .inspect import inspect_command
+from .pareto import pareto_command
 from .quantize import quantize_command
 
 __all__ = ["app", "EXIT_USER_ERROR"]
@@ -64,3 +67,6 @@ app.command("quantize")(_guarded(quantize_command))
 app.command("inspect")(_guarded(inspect_command))
 app.command("eval")(_guarded(eval_command))
 app.command("demo")(_guarded(demo_command))
+app.command("analyze")(_guarded(analyze_command))
+app.command("allocate")(_guarded(allocate_command))
+app.command("pareto")(_guarded(pareto_command))

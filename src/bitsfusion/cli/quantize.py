@@ -5,24 +5,36 @@ The plan is either ``--plan plan.json`` (a ``BitPlan`` file; it replaces ``--bit
 built from those options. ``--skip`` rules (an exact layer name or ``re:<pattern>``, as in
 ``BitPlan``) keep layers in floating point and win over the plan; then the model's own
 default skips apply (bundled models only).
+
+The shortcut ``--avg-bits 2.0`` (or ``--max-bytes 6MB``) runs ``analyze`` (candidates 1,2,3,4,5,6,8
+bits on ``--grid``/``--method``/``--group-size``, each ``--calibration``; table kept in ``--sens`` when given, resumed
+from it) and ``allocate`` (exact, stored counting unless ``--counting paper``; ``--pin``), then
+quantizes by the plan it found.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
+from ..analysis import default_candidates
+from ..errors import ConfigError
 from ..nn import quantize_, save
 from ..pack.io import read_manifest
 from ..plan import BitPlan
 from ..types import Grid, QScheme, ScaleMethod
+from ..zoo.registry import ModelSpec
 from ..zoo.resolve import resolve_model
+from .allocate import allocate_from, summary_lines
+from .analyze import parse_calibrations, run_analysis
 from .inspect import layer_table, skipped_table
 
 __all__ = ["quantize_command", "build_plan", "parse_nested"]
+
+ANALYSIS_BATCHES = 8  # calibration batches of the --avg-bits shortcut and of calibrated (GPTQ/AWQ) schemes
 
 
 def parse_nested(text: str) -> tuple[int, ...]:
@@ -54,16 +66,47 @@ def quantize_command(
     nested: str = typer.Option("", callback=parse_nested, help="lower precisions also stored, e.g. 2,3"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="BitPlan JSON (replaces the scheme options)"),
     skip: list[str] = typer.Option([], "--skip", help="layer kept in float: exact name or re:<pattern> (repeatable)"),
+    avg_bits: Optional[float] = typer.Option(None, "--avg-bits", min=0.0,
+                                             help="mixed precision: analyze + allocate to this average bits/weight"),
+    max_bytes: Optional[str] = typer.Option(None, "--max-bytes", help="mixed precision under stored bytes (6MB)"),
+    counting: str = typer.Option("stored", help="how --avg-bits counts: stored (every byte) or paper"),
+    pin: list[str] = typer.Option([], "--pin", help="mixed precision: NAME=BITS fixes a layer (repeatable)"),
+    sens: Optional[Path] = typer.Option(None, "--sens", help="mixed precision: sensitivity table to keep/resume"),
+    calibration: str = typer.Option("none", help="mixed precision: quantizers competing per bits, e.g. none,gptq"),
 ) -> None:
     """Quantize MODEL and save it as an artifact (bit-planes + manifest); print the per-layer report."""
     console = Console()
     scheme = None if plan is not None else QScheme(
         bits=bits, group_size=group_size or None, grid=grid, method=method, nested=nested
     )
+    if avg_bits is not None or max_bytes is not None:
+        if plan is not None:
+            raise ConfigError("--plan and --avg-bits/--max-bytes both choose the plan: give one")
+        candidates = default_candidates(grid=grid, method=method, group_size=group_size or None,
+                                        calibrations=parse_calibrations(calibration))
+        table, module, source, spec = run_analysis(model, candidates, out=sens, loss="mse", batches=ANALYSIS_BATCHES,
+                                                   skip=skip)
+        result = allocate_from(table, avg_bits=avg_bits, max_bytes=max_bytes, method="exact", counting=counting,
+                               pins=pin, percentile=90.0)
+        for line in summary_lines(result, table.metric):
+            console.print(line, highlight=False)
+        _quantize_and_save(console, module, result.plan(), source, out, spec)
+        return
     with console.status(f"loading {model}"):
         module, source, spec = resolve_model(model)
     the_plan = build_plan(scheme, plan, skip, spec.default_skip if spec is not None else ())
-    report = quantize_(module, the_plan, progress=True)
+    _quantize_and_save(console, module, the_plan, source, out, spec)
+
+
+def _quantize_and_save(
+    console: Console, module: Any, the_plan: BitPlan, source: Any, out: Path, spec: ModelSpec | None
+) -> None:
+    """Quantize by the plan (calibrated schemes get the spec's calibration batches), save, print the report."""
+    calibrated = any(s is not None and s.calibration.uses_inputs for s in (the_plan.default, *the_plan.rules.values()))
+    kwargs: dict[str, Any] = {}
+    if calibrated and spec is not None:
+        kwargs = {"calibration_data": spec.calibration(ANALYSIS_BATCHES), "forward": spec.run}
+    report = quantize_(module, the_plan, progress=True, **kwargs)
     path = save(module, out, source=source)
     console.print(report.summary())
     manifest = read_manifest(path)
