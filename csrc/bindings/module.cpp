@@ -1,0 +1,75 @@
+// bitsfusion._C: nanobind bindings (no libtorch). Arrays cross as DLPack / buffer-protocol ndarrays;
+// dtype, rank, contiguity and device are enforced by the ndarray types, shapes are re-checked here,
+// and the GIL is released while the kernel runs. bitsfusion/kernels/native.py is the only caller.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "../core/dispatch.h"
+
+namespace nb = nanobind;
+template <class T, size_t D>
+using Arr = nb::ndarray<T, nb::ndim<D>, nb::c_contig, nb::device::cpu>;
+
+static void need(bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("bitsfusion._C.linear: " + what);
+}
+
+static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<const float, 3> scales,
+                   Arr<const float, 3> szs, std::optional<Arr<const float, 1>> input_scale,
+                   std::optional<Arr<const float, 1>> bias, Arr<float, 2> y, int64_t n, int active_bits,
+                   int64_t group_kb, int kernel, int isa, int threads) {
+    const int64_t m = (int64_t)x.shape(0), k = (int64_t)x.shape(1);
+    const int64_t NB = (n + 15) / 16, KB = (k + 7) / 8, NG = (int64_t)scales.shape(1);
+    need(n >= 1 && k >= 1, "empty weight");
+    need((int64_t)planes.shape(0) == NB && (int64_t)planes.shape(2) == KB && planes.shape(3) == 16,
+         "planes must be [ceil(N/16), bits, ceil(K/8), 16]");
+    const int bits = (int)planes.shape(1);
+    need(active_bits >= 1 && active_bits <= bits && bits <= 8, "active_bits must be in 1..bits (<= 8)");
+    need((int64_t)scales.shape(0) == NB && scales.shape(2) == 16, "scales must be [ceil(N/16), n_groups, 16]");
+    need(szs.shape(0) == scales.shape(0) && szs.shape(1) == scales.shape(1) && szs.shape(2) == 16,
+         "szs must have the shape of scales");
+    need(group_kb >= 1 && NG == (KB + group_kb - 1) / group_kb, "n_groups must be ceil(ceil(K/8) / group_kb)");
+    need(!input_scale || (int64_t)input_scale->shape(0) == k, "input_scale must be [K]");
+    need(!bias || (int64_t)bias->shape(0) == n, "bias must be [N]");
+    need((int64_t)y.shape(0) == m && (int64_t)y.shape(1) == n, "y must be [M, N]");
+    need(kernel == BF_KERNEL_LUT || kernel == BF_KERNEL_DEQUANT, "kernel must be 0 (lut) or 1 (dequant)");
+    need(isa >= 0 && isa < BF_ISA_COUNT && bf::isa_supported(isa), "this ISA path does not run on this CPU");
+    bf_linear_args a{};
+    a.x = x.data(); a.m = m; a.k = k; a.n = n;
+    a.input_scale = input_scale ? input_scale->data() : nullptr;
+    a.planes = planes.data(); a.bits = bits; a.active_bits = active_bits;
+    a.scales = scales.data(); a.szs = szs.data(); a.n_groups = NG; a.group_kb = group_kb;
+    a.bias = bias ? bias->data() : nullptr;
+    a.y = y.data(); a.kernel = kernel;
+    if (m == 0) return;
+    nb::gil_scoped_release release;
+    bf::linear(a, isa, threads);
+}
+
+NB_MODULE(_C, mod) {
+    mod.doc() = "BitsFusion native low-bit CPU kernels (bit-serial LUT GEMV, dequantised-tile GEMM)";
+    mod.def("linear", &linear, nb::arg("x"), nb::arg("planes"), nb::arg("scales"), nb::arg("szs"),
+            nb::arg("input_scale").none(), nb::arg("bias").none(), nb::arg("y"), nb::arg("n"),
+            nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"), nb::arg("isa"), nb::arg("threads"));
+    mod.def("isa_supported", &bf::isa_supported, nb::arg("isa"));
+    mod.def("best_isa", &bf::best_isa);
+    mod.def("isa_name", [](int isa) { return std::string(bf::isa_name(isa)); }, nb::arg("isa"));
+    mod.def("cpu_features", []() {
+        const bf::CpuFeatures f = bf::cpu_features();
+        nb::dict d;
+        d["avx2"] = f.avx2; d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512dq"] = f.avx512dq;
+        d["avx512vl"] = f.avx512vl; d["avx512vnni"] = f.avx512vnni; d["avx512vbmi"] = f.avx512vbmi;
+        return d;
+    });
+    mod.attr("ISA_SCALAR") = (int)BF_ISA_SCALAR;
+    mod.attr("ISA_AVX2") = (int)BF_ISA_AVX2;
+    mod.attr("ISA_AVX512") = (int)BF_ISA_AVX512;
+    mod.attr("KERNEL_LUT") = (int)BF_KERNEL_LUT;
+    mod.attr("KERNEL_DEQUANT") = (int)BF_KERNEL_DEQUANT;
+}

@@ -1,0 +1,20 @@
+// The dispatcher's interface to the bindings: CPU features, ISA choice, and one threaded linear call.
+#pragma once
+#include "bitsfusion/kernels.h"
+
+namespace bf {
+
+struct CpuFeatures {
+    bool avx2 = false, avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
+    bool avx512vnni = false, avx512vbmi = false;
+};
+
+CpuFeatures cpu_features();
+bool isa_supported(int isa);  // compiled in and runnable on this CPU (and OS)
+int best_isa();
+const char* isa_name(int isa);
+// Runs y = linear(x) on `threads` workers (the calling thread is one of them). Throws std::invalid_argument
+// for an ISA path that does not run here. Arguments are trusted: bitsfusion/kernels/native.py checks them.
+void linear(const bf_linear_args& a, int isa, int threads);
+
+}  // namespace bf

@@ -1,0 +1,196 @@
+// The kernels, written once over a 16-lane vector type `O` (scalar arrays, 2 x AVX2, 1 x AVX-512).
+//
+// Included by one translation unit per ISA, inside that ISA's own namespace, so that nothing here is an
+// inline symbol shared between units compiled with different -m flags (the linker could otherwise keep an
+// AVX-512 copy for the scalar path). Uses no standard-library templates for the same reason.
+//
+// LUT kernel (M <= 8, bit-serial, T-MAC style, fp32 tables): per 4 activations t the 16 partial sums
+// tables[m][t][v]; the nibble of plane j for 16 rows indexes them with one lane-wise table lookup
+// (vpermps), planes combine MSB first by Horner (d = 2d + p_j), the group scale and zero come last.
+// Dequant kernel (any M): a 16-row tile is dequantised to fp32 [K8][16] once and multiplied by
+// 8 activation rows at a time with broadcast FMAs.
+#pragma once
+#include <stdint.h>
+#include "bitsfusion/kernels.h"
+
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t kbytes(const bf_linear_args* a) { return (a->k + 7) / 8; }
+
+template <class O>
+static void prepare(const bf_linear_args* a, float* xs, float* xsum, float* tables) {
+    using V = typename O::V;
+    const int64_t KB = kbytes(a), K8 = 8 * KB, NG = a->n_groups;
+    for (int64_t m = 0; m < a->m; ++m) {
+        float* xm = xs + m * K8;
+        const float* src = a->x + m * a->k;
+        for (int64_t k = 0; k < a->k; ++k) xm[k] = a->input_scale ? src[k] * a->input_scale[k] : src[k];
+        for (int64_t k = a->k; k < K8; ++k) xm[k] = 0.0f;
+        for (int64_t g = 0; g < NG; ++g) {
+            const int64_t k1 = imin((g + 1) * a->group_kb * 8, K8);
+            float s = 0.0f;
+            for (int64_t k = g * a->group_kb * 8; k < k1; ++k) s += xm[k];
+            xsum[m * NG + g] = s;
+        }
+        if (!tables) continue;
+        float bitf[4][16];  // bitf[i][v] = bit i of v
+        for (int i = 0; i < 4; ++i)
+            for (int v = 0; v < 16; ++v) bitf[i][v] = (float)((v >> i) & 1);
+        const V b0 = O::load(bitf[0]), b1 = O::load(bitf[1]), b2 = O::load(bitf[2]), b3 = O::load(bitf[3]);
+        float* tm = tables + m * 2 * KB * 16;
+        for (int64_t t = 0; t < 2 * KB; ++t) {
+            const float* x4 = xm + 4 * t;
+            V v = O::mul(O::set1(x4[0]), b0);
+            v = O::fmadd(O::set1(x4[1]), b1, v);
+            v = O::fmadd(O::set1(x4[2]), b2, v);
+            v = O::fmadd(O::set1(x4[3]), b3, v);
+            O::store(tm + 16 * t, v);
+        }
+    }
+}
+
+template <class O>
+static void store_rows(const bf_linear_args* a, int64_t nb, int64_t m, typename O::V acc) {
+    float tmp[16];
+    O::store(tmp, acc);
+    const int64_t n0 = nb * 16, cnt = imin(16, a->n - n0);
+    float* dst = a->y + m * a->n + n0;
+    for (int64_t r = 0; r < cnt; ++r) dst[r] = tmp[r] + (a->bias ? a->bias[n0 + r] : 0.0f);
+}
+
+// Sum over bytes [kb0, kb1) of one plane of the table lookups, for MT activation rows. U independent
+// accumulator pairs per row hide the add latency when MT is small (a single row is otherwise latency-bound).
+template <class O, int MT>
+static inline void lut_plane(const uint8_t* pj, const float* tables, int64_t tstride, int64_t kb0, int64_t kb1,
+                             typename O::V* p) {
+    using V = typename O::V;
+    using I = typename O::I;
+    constexpr int U = MT <= 2 ? 2 : 1;
+    V acc[U][2][MT];
+    for (int u = 0; u < U; ++u)
+        for (int mm = 0; mm < MT; ++mm) acc[u][0][mm] = acc[u][1][mm] = O::zero();
+    int64_t kb = kb0;
+    for (; kb + U <= kb1; kb += U) {
+        for (int u = 0; u < U; ++u) {
+            const I lo = O::bytes(pj + 16 * (kb + u));
+            const I hi = O::shr4(lo);
+            for (int mm = 0; mm < MT; ++mm) {
+                const float* t = tables + mm * tstride + 32 * (kb + u);
+                acc[u][0][mm] = O::add(acc[u][0][mm], O::lookup(lo, t));
+                acc[u][1][mm] = O::add(acc[u][1][mm], O::lookup(hi, t + 16));
+            }
+        }
+    }
+    for (; kb < kb1; ++kb) {
+        const I lo = O::bytes(pj + 16 * kb);
+        const I hi = O::shr4(lo);
+        for (int mm = 0; mm < MT; ++mm) {
+            const float* t = tables + mm * tstride + 32 * kb;
+            acc[0][0][mm] = O::add(acc[0][0][mm], O::lookup(lo, t));
+            acc[0][1][mm] = O::add(acc[0][1][mm], O::lookup(hi, t + 16));
+        }
+    }
+    for (int mm = 0; mm < MT; ++mm) {
+        p[mm] = O::add(acc[0][0][mm], acc[0][1][mm]);
+        for (int u = 1; u < U; ++u) p[mm] = O::add(p[mm], O::add(acc[u][0][mm], acc[u][1][mm]));
+    }
+}
+
+template <class O, int MT>
+static void lut_block(const bf_linear_args* a, const float* xsum, const float* tables, int64_t nb, int64_t m0) {
+    using V = typename O::V;
+    const int64_t KB = kbytes(a), NG = a->n_groups, tstride = 32 * KB;
+    const uint8_t* blk = a->planes + nb * a->bits * KB * 16;
+    const float* sc = a->scales + nb * NG * 16;
+    const float* sz = a->szs + nb * NG * 16;
+    const float* tb = tables + m0 * tstride;
+    V acc[MT], d[MT], p[MT];
+    for (int mm = 0; mm < MT; ++mm) acc[mm] = O::zero();
+    for (int64_t g = 0; g < NG; ++g) {
+        const int64_t kb0 = g * a->group_kb, kb1 = imin(kb0 + a->group_kb, KB);
+        for (int mm = 0; mm < MT; ++mm) d[mm] = O::zero();
+        for (int j = 0; j < a->active_bits; ++j) {
+            lut_plane<O, MT>(blk + j * KB * 16, tb, tstride, kb0, kb1, p);
+            for (int mm = 0; mm < MT; ++mm) d[mm] = O::add(O::add(d[mm], d[mm]), p[mm]);
+        }
+        const V s = O::load(sc + 16 * g), z = O::load(sz + 16 * g);
+        for (int mm = 0; mm < MT; ++mm) {
+            acc[mm] = O::fmadd(s, d[mm], acc[mm]);
+            acc[mm] = O::fnmadd(z, O::set1(xsum[(m0 + mm) * NG + g]), acc[mm]);
+        }
+    }
+    for (int mm = 0; mm < MT; ++mm) store_rows<O>(a, nb, m0 + mm, acc[mm]);
+}
+
+// tile[k][r] = s[r] * c'[r, k] - s[r] * z[r] for the 16 rows of block nb, k < K8.
+template <class O>
+static void dequant_tile(const bf_linear_args* a, int64_t nb, float* tile) {
+    using V = typename O::V;
+    using I = typename O::I;
+    const int64_t KB = kbytes(a), NG = a->n_groups;
+    const uint8_t* blk = a->planes + nb * a->bits * KB * 16;
+    for (int64_t g = 0; g < NG; ++g) {
+        const V s = O::load(a->scales + (nb * NG + g) * 16);
+        const V nz = O::neg(O::load(a->szs + (nb * NG + g) * 16));
+        const int64_t kb1 = imin((g + 1) * a->group_kb, KB);
+        for (int64_t kb = g * a->group_kb; kb < kb1; ++kb) {
+            I c[8];
+            for (int i = 0; i < 8; ++i) c[i] = O::izero();
+            for (int j = 0; j < a->active_bits; ++j) {
+                const I v = O::bytes(blk + (j * KB + kb) * 16);
+                for (int i = 0; i < 8; ++i) c[i] = O::push_bit(c[i], v, i);
+            }
+            for (int i = 0; i < 8; ++i) O::store(tile + (8 * kb + i) * 16, O::fmadd(s, O::to_float(c[i]), nz));
+        }
+    }
+}
+
+template <class O, int MT>
+static void gemm_micro(const bf_linear_args* a, const float* xs, const float* tile, int64_t nb, int64_t m0) {
+    using V = typename O::V;
+    const int64_t K8 = 8 * kbytes(a);
+    V acc[MT];
+    for (int mm = 0; mm < MT; ++mm) acc[mm] = O::zero();
+    const float* xm = xs + m0 * K8;
+    for (int64_t k = 0; k < K8; ++k) {
+        const V w = O::load(tile + 16 * k);
+        for (int mm = 0; mm < MT; ++mm) acc[mm] = O::fmadd(O::set1(xm[mm * K8 + k]), w, acc[mm]);
+    }
+    for (int mm = 0; mm < MT; ++mm) store_rows<O>(a, nb, m0 + mm, acc[mm]);
+}
+
+template <class O, template <class, int> class F, class... Args>
+static void by_rows(int64_t mt, Args... args) {
+    switch (mt) {
+        case 1: F<O, 1>::run(args...); break;
+        case 2: F<O, 2>::run(args...); break;
+        case 3: F<O, 3>::run(args...); break;
+        case 4: F<O, 4>::run(args...); break;
+        case 5: F<O, 5>::run(args...); break;
+        case 6: F<O, 6>::run(args...); break;
+        case 7: F<O, 7>::run(args...); break;
+        default: F<O, 8>::run(args...); break;
+    }
+}
+template <class O, int MT> struct LutF {
+    static void run(const bf_linear_args* a, const float* xsum, const float* tb, int64_t nb, int64_t m0) {
+        lut_block<O, MT>(a, xsum, tb, nb, m0);
+    }
+};
+template <class O, int MT> struct GemmF {
+    static void run(const bf_linear_args* a, const float* xs, const float* tile, int64_t nb, int64_t m0) {
+        gemm_micro<O, MT>(a, xs, tile, nb, m0);
+    }
+};
+
+template <class O>
+static void rows(const bf_linear_args* a, const float* xs, const float* xsum, const float* tables,
+                 int64_t nb_begin, int64_t nb_end, float* tile) {
+    for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
+        if (a->kernel == BF_KERNEL_LUT) {
+            for (int64_t m0 = 0; m0 < a->m; m0 += 8) by_rows<O, LutF>(imin(8, a->m - m0), a, xsum, tables, nb, m0);
+        } else {
+            dequant_tile<O>(a, nb, tile);
+            for (int64_t m0 = 0; m0 < a->m; m0 += 8) by_rows<O, GemmF>(imin(8, a->m - m0), a, xs, tile, nb, m0);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+"""Load-time repacking of canonical bit-planes into the native kernels' tiled layout (the artifact stays canonical).
+
+Canonical (``pack.bitplanes``): ``qweight`` uint8 ``[b, N, ceil(K/8)]``, plane ``j`` = bit ``b-1-j`` (MSB first),
+element ``k`` at bit ``k % 8`` of byte ``k // 8``. Kernel layout (``csrc/include/bitsfusion/kernels.h``)::
+
+    planes  uint8   [NB, b, KB, 16]   planes[nb, j, kb, r] = qweight[j, 16*nb + r, kb]   (rows past N are 0)
+    scales  float32 [NB, NG, 16]      scale of precision b' for row 16*nb + r, group g
+    szs     float32 [NB, NG, 16]      scale * zero (zero = 2^(b'-1) - 1/2 on the symmetric grid)
+
+with ``NB = ceil(N/16)``, ``KB = ceil(K/8)``. Sixteen rows sit side by side so one 16-byte load gives, per
+row, the byte of 8 codes' bit ``j``: its low nibble indexes the table of activations ``8kb..8kb+3``, its
+high nibble that of ``8kb+4..8kb+7``. Planes are contiguous per row block, so running at ``b' < b``
+reads only the first ``b'`` of them, with no repacking. Example: ``N=20, K=10, b=3`` gives
+``planes [2, 3, 2, 16]``; ``planes[1, 0, 1, 3]`` is ``qweight[0, 19, 1]``.
+
+The repacked form is cached per ``qweight`` tensor (by identity, invalidated by in-place writes through
+torch's version counter), and each precision's scales per their source tensors, so a module's forward
+repacks once and ``set_active_bits`` costs at most one small scale conversion the first time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ..pack.packed import PackedWeight
+
+__all__ = ["KernelWeight", "kernel_weight", "unsupported_reason", "repack_planes", "block_rows"]
+
+_LOCK = threading.Lock()
+_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _stamp(*ts: torch.Tensor | None) -> tuple:
+    return tuple((None if t is None else (t.data_ptr(), t._version, tuple(t.shape))) for t in ts)
+
+
+def unsupported_reason(packed: PackedWeight) -> str | None:
+    """Why the native kernels cannot run this weight, or None when they can."""
+    scheme = packed.scheme
+    if not scheme.grid.nests:
+        return (f"the {scheme.grid.value} grid is stored as base-{scheme.levels} words, not bit-planes; "
+                f"it runs on kernels.reference")
+    if packed.qweight.device.type != "cpu":
+        return f"the weight is on {packed.qweight.device}, the native kernels run on CPU"
+    n_groups = scheme.n_groups(packed.shape[1])
+    if n_groups > 1 and scheme.group_size % 8 != 0:  # type: ignore[operator]
+        return f"group_size {scheme.group_size} is not a multiple of 8 (groups must start on plane bytes)"
+    return None
+
+
+def block_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``[N, C]`` -> ``[NB, C, 16]`` (rows padded with zeros to a multiple of 16, then transposed per block)."""
+    nb = -(-n // 16)
+    padded = F.pad(t, (0, 0, 0, 16 * nb - n))
+    return padded.view(nb, 16, t.shape[1]).transpose(1, 2).contiguous()
+
+
+def repack_planes(qweight: torch.Tensor) -> torch.Tensor:
+    """Canonical uint8 ``[b, N, KB]`` -> kernel uint8 ``[NB, b, KB, 16]`` (see the module docstring)."""
+    b, n, kb = qweight.shape
+    nb = -(-n // 16)
+    padded = F.pad(qweight, (0, 0, 0, 16 * nb - n))
+    return padded.view(b, nb, 16, kb).permute(1, 0, 3, 2).contiguous()
+
+
+@dataclass(eq=False)
+class KernelWeight:
+    """One layer in the kernels' layout, with per-precision scales made on first use.
+
+    Attributes:
+        n, k, bits: the weight's ``[N, K]`` and stored bits.
+        planes: uint8 ``[NB, bits, KB, 16]``.
+        group_kb: plane bytes per group (``group_size / 8``; ``KB`` when the layer has one group).
+        n_groups: groups per row.
+        input_scale: float32 ``[K]`` (AWQ's per-column factor, applied to ``x``) or None.
+    """
+
+    n: int
+    k: int
+    bits: int
+    planes: torch.Tensor
+    group_kb: int
+    n_groups: int
+    input_scale: torch.Tensor | None
+    stamp: tuple
+    _precisions: dict = field(default_factory=dict)
+
+    def precision(self, packed: PackedWeight, active_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 ``(scales, szs)`` ``[NB, NG, 16]`` of precision ``active_bits`` (cached per source tensors)."""
+        scales, zeros = packed.scale_zero(active_bits)
+        stamp = _stamp(scales, zeros)
+        hit = self._precisions.get(active_bits)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        s = scales.to(torch.float32)
+        if zeros is None:
+            z = torch.tensor(packed.scheme.grid.constant_zero(active_bits), dtype=torch.float32)
+        else:
+            z = zeros.to(torch.float32)
+        out = (block_rows(s, self.n), block_rows(s * z, self.n))
+        self._precisions[active_bits] = (stamp, out)
+        return out
+
+
+def kernel_weight(packed: PackedWeight) -> KernelWeight:
+    """The repacked form of ``packed`` (cached; ``unsupported_reason`` must be None)."""
+    input_scale = getattr(packed, "input_scale", None)  # AWQ's factor (absent from PackedWeights without it)
+    stamp = _stamp(packed.qweight, input_scale)
+    with _LOCK:
+        hit = _CACHE.get(packed.qweight)
+        if hit is not None and hit.stamp == stamp:
+            return hit
+    n, k = packed.shape
+    kb = -(-k // 8)
+    n_groups = packed.scheme.n_groups(k)
+    group_kb = kb if n_groups == 1 else packed.scheme.group_size // 8  # type: ignore[operator]
+    inp = None if input_scale is None else input_scale.to(torch.float32).contiguous()
+    kw = KernelWeight(n, k, packed.scheme.bits, repack_planes(packed.qweight), group_kb, n_groups, inp, stamp)
+    with _LOCK:
+        _CACHE[packed.qweight] = kw
+    return kw
