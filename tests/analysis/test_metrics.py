@@ -83,7 +83,7 @@ def test_metric_ranges(n: int, d: int, noise: float, seed: int) -> None:
     ref = torch.randn(n, d, generator=g)
     cand = ref + noise * torch.randn(n, d, generator=g)
     s = cosine_stats(ref, cand)
-    assert -1.0 <= s["p5"] <= s["mean"] <= 1.0
+    assert -1.0 <= s["p5"] <= s["mean"] + 1e-6 and s["mean"] <= 1.0  # p5 interpolates: equal up to rounding
     assert 0.0 <= topk_overlap(ref, cand, k=10) <= 1.0
     assert output_mse(ref, cand) >= 0.0
     if noise == 0.0:

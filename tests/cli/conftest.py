@@ -17,7 +17,7 @@ def runner() -> CliRunner:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, runner: CliRunner) -> Path:
-    """``bitsfusion quantize tiny --bits 4 --nested 2 --out DIR``: 4-bit codes that also run at 2 bits."""
+    """``bitsfusion quantize tiny --bits 4 --nested 2 --out DIR``: 4-bit asymmetric codes that also run at 2 bits."""
     out = tmp_path_factory.mktemp("cli") / "tiny-4bit"
     result = runner.invoke(app, ["quantize", "tiny", "--bits", "4", "--nested", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output

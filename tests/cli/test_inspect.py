@@ -27,7 +27,7 @@ def test_totals_are_exact(tiny_artifact: Path) -> None:
     totals = artifact_totals(manifest, tiny_artifact)
     # tiny: stem [16, 27], patch [64, 256], fc1 [128, 64], fc2 [64, 128], head [10, 64]
     weights = 16 * 27 + 64 * 256 + 128 * 64 + 64 * 128 + 10 * 64
-    nbytes = sum(packed_nbytes(QScheme(4, nested=(2,)), s)
+    nbytes = sum(packed_nbytes(QScheme(4, grid="asymmetric", nested=(2,)), s)
                  for s in [(16, 27), (64, 256), (128, 64), (64, 128), (10, 64)])
     assert totals["quantized_weights"] == weights and totals["quantized_bytes"] == nbytes
     assert totals["bits_per_weight"] == 8 * nbytes / weights

@@ -42,14 +42,16 @@ def test_gptq_output_error_is_below_round_to_nearest(bits: int, grid: Grid, meth
 
 
 @pytest.mark.parametrize("bits", LOW_BITS)
-def test_gptq_with_minmax_scales_gains_from_3_bits(bits: int) -> None:
-    """Min-max scales do not clip: at 2 bits the spread errors inflate the later groups' ranges and
-    GPTQ ends above round-to-nearest (measured 1.27 vs 1.04 here); from 3 bits it gains."""
+def test_gptq_with_minmax_scales_gains_with_the_refit(bits: int) -> None:
+    """Min-max scales do not clip: at 2 bits the spread errors inflate the later groups' ranges, and
+    GPTQ alone ended above round-to-nearest (measured 1.27 vs 1.04 here). The output-aware refit of
+    the scales and zeros once the codes are fixed repairs that (measured 0.61 vs 1.04 at 2 bits,
+    0.079 vs 0.145 at 3)."""
     w, h = weight(), hessian()
     rtn = output_error(w, quantize(w, QScheme(bits, 64, method="minmax")).dequantize(), h)
     gptq = output_error(w, quantize(w, QScheme(bits, 64, method="minmax", calibration="gptq"), hessian=h)
                         .dequantize(), h)
-    assert (gptq < 0.95 * rtn) if bits > 2 else (gptq > rtn), (gptq, rtn)
+    assert gptq < 0.8 * rtn, (gptq, rtn)
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -69,12 +71,14 @@ def test_gptq_result_is_our_packed_format(grid: Grid, group_size: int | None) ->
 @pytest.mark.parametrize("group_size", [64, None], ids=["g64", "per-channel"])
 def test_a_diagonal_hessian_makes_gptq_round_to_nearest(grid: Grid, group_size: int | None) -> None:
     """Uncorrelated inputs of equal power: no error is spread and the weighted scale choice is the
-    plain one, so the codes and scales are exactly RTN's."""
+    plain one, so the codes are exactly RTN's; the refit may then only lower the plain weight error
+    (ALS alternates towards, but need not reach, the joint least-squares scale and zero)."""
     w = weight()
     h = 2.5 * torch.eye(K)
     rtn = quantize(w, QScheme(3, group_size, grid))
     gptq = quantize(w, QScheme(3, group_size, grid, calibration="gptq"), hessian=h)
-    assert torch.equal(gptq.codes, rtn.codes) and torch.equal(gptq.scales, rtn.scales)
+    assert torch.equal(gptq.codes, rtn.codes)
+    assert relative_error(w, gptq.dequantize()) <= relative_error(w, rtn.dequantize())
 
 
 @pytest.mark.parametrize("method", ["als", "mse"])

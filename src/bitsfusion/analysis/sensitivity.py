@@ -92,16 +92,27 @@ def default_candidates(
     grid: Grid | str = Grid.ASYMMETRIC,
     method: ScaleMethod | str = ScaleMethod.ALS,
     group_size: int | None = 64,
+    group_sizes: Sequence[int | None] | None = None,
     calibrations: Sequence[Calibration | str] = (Calibration.NONE,),
 ) -> list[QScheme]:
-    """One scheme per (calibration, bits); on the balanced grid bits above 7 become 7 (codes fit a byte)."""
+    """One scheme per (calibration, group size, bits); on the balanced grid bits above 7 become 7.
+
+    ``group_sizes`` (e.g. ``(64, 128, None)``, None = per channel) lets group sizes compete: a larger
+    group costs fewer bits of float16 scales and zeros (asymmetric 2-bit: 2.50 stored bits per weight
+    at 64, 2.25 at 128, ~2.05 per channel), so the allocator can spend those bits where they matter.
+    When given it replaces ``group_size``.
+    """
     grid = Grid(grid)
     if grid is Grid.BALANCED:
         bits = [min(b, MAX_BALANCED_BITS) for b in bits]
+    groups = list(dict.fromkeys(group_sizes)) if group_sizes is not None else [group_size]
+    if not groups:
+        raise ConfigError("default_candidates: group_sizes is empty; give at least one (None = per channel)")
     out: list[QScheme] = []
     for cal in calibrations:
-        for b in sorted(set(bits)):
-            out.append(QScheme(bits=b, group_size=group_size, grid=grid, method=method, calibration=cal))
+        for g in groups:
+            for b in sorted(set(bits)):
+                out.append(QScheme(bits=b, group_size=g, grid=grid, method=method, calibration=cal))
     return out
 
 
@@ -129,8 +140,13 @@ def measure_sensitivity(
     progress: bool = True,
     on_cell: Callable[[str, QScheme, float], None] | None = None,
     meta: dict[str, Any] | None = None,
+    hessian_batches: Sequence[Any] | None = None,
 ) -> SensitivityTable:
     """Fill a table for every quantizable layer x candidate; resume from ``path`` when it exists.
+
+    ``hessian_batches``: batches the input Hessians (calibrated schemes, proxies) come from, when
+    they should not be the loss ``batches`` (more tokens for the Hessians, fewer passes per cell);
+    None takes them from ``batches``. Both sets are in the table's calibration digest.
 
     ``on_cell(layer, scheme, loss)`` is called after each cell is recorded (and saved), e.g. to
     stop early by raising. ``meta`` is stored in the table (the model's source, say).
@@ -143,7 +159,7 @@ def measure_sensitivity(
     model.eval()
     layers = quantizable_layers(model, include)
     table = _start_table(path, metric, candidates, layers)
-    digest = batches_digest(batches)
+    digest = batches_digest(batches if hessian_batches is None else [batches, hessian_batches])
     if table.meta.get("calibration_sha256", digest) != digest:
         raise ConfigError(f"{path}: was measured on other calibration batches (their SHA-256 differs); "
                           "delete it or choose another path")
@@ -154,8 +170,10 @@ def measure_sensitivity(
     prior, started = float(table.meta.get("seconds", 0.0)), time.perf_counter()
     with cell_progress(progress, len(todo), "sensitivity") as advance:
         advance("reference pass: outputs, layer inputs, replay check", 0)
-        probe = OutputProbe(model, batches, [i.name for i in layers], run=run, loss=loss_fn)
-        table.meta.update(batches=len(batches), replay=probe.replay.enabled)
+        probe = OutputProbe(model, batches, [i.name for i in layers], run=run, loss=loss_fn,
+                            hessian_batches=hessian_batches)
+        table.meta.update(batches=len(batches), replay=probe.replay.enabled,
+                          hessian_batches=len(batches if hessian_batches is None else hessian_batches))
         for name, scheme in todo:
             w = weight_view(model.get_submodule(name)).float()
             img = probe.image(name, scheme)

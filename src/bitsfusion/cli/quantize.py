@@ -7,8 +7,8 @@ built from those options. ``--skip`` rules (an exact layer name or ``re:<pattern
 default skips apply (bundled models only).
 
 The shortcut ``--avg-bits 2.0`` (or ``--max-bytes 6MB``) runs ``analyze`` (candidates 1,2,3,4,5,6,8
-bits on ``--grid``/``--method``/``--group-size``, each ``--calibration``; table kept in ``--sens`` when given, resumed
-from it) and ``allocate`` (exact, stored counting unless ``--counting paper``; ``--pin``), then
+bits x ``--candidate-groups`` (default 64, 128 and per channel) x ``--calibration`` (default ``gptq``) on
+``--grid``/``--method``; table kept in ``--sens`` when given, resumed from it) and ``allocate`` (exact, stored counting unless ``--counting paper``; ``--pin``), then
 quantizes by the plan it found.
 """
 
@@ -29,12 +29,12 @@ from ..types import Grid, QScheme, ScaleMethod
 from ..zoo.registry import ModelSpec
 from ..zoo.resolve import resolve_model
 from .allocate import allocate_from, summary_lines
-from .analyze import parse_calibrations, run_analysis
+from .analyze import HESSIAN_BATCHES, parse_calibrations, parse_group_sizes, run_analysis
 from .inspect import layer_table, skipped_table
 
 __all__ = ["quantize_command", "build_plan", "parse_nested"]
 
-ANALYSIS_BATCHES = 8  # calibration batches of the --avg-bits shortcut and of calibrated (GPTQ/AWQ) schemes
+ANALYSIS_BATCHES = 8  # calibration batches each cell's loss is measured on in the --avg-bits shortcut
 
 
 def parse_nested(text: str) -> tuple[int, ...]:
@@ -61,7 +61,7 @@ def quantize_command(
     out: Path = typer.Option(..., "--out", "-o", help="artifact directory to write"),
     bits: int = typer.Option(4, min=1, max=8, help="bits per weight code"),
     group_size: int = typer.Option(64, "--group-size", min=0, help="weights per scale along K; 0 = per channel"),
-    grid: Grid = typer.Option(Grid.SYMMETRIC, help="integer grid"),
+    grid: Grid = typer.Option(Grid.ASYMMETRIC, help="integer grid (asymmetric: the best measured at every width)"),
     method: ScaleMethod = typer.Option(ScaleMethod.ALS, help="how scales are chosen"),
     nested: str = typer.Option("", callback=parse_nested, help="lower precisions also stored, e.g. 2,3"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="BitPlan JSON (replaces the scheme options)"),
@@ -72,7 +72,9 @@ def quantize_command(
     counting: str = typer.Option("stored", help="how --avg-bits counts: stored (every byte) or paper"),
     pin: list[str] = typer.Option([], "--pin", help="mixed precision: NAME=BITS fixes a layer (repeatable)"),
     sens: Optional[Path] = typer.Option(None, "--sens", help="mixed precision: sensitivity table to keep/resume"),
-    calibration: str = typer.Option("none", help="mixed precision: quantizers competing per bits, e.g. none,gptq"),
+    calibration: str = typer.Option("gptq", help="mixed precision: quantizers competing per bits, e.g. none,gptq"),
+    candidate_groups: str = typer.Option("64,128,0", "--candidate-groups",
+                                         help="mixed precision: group sizes competing per layer (0 = per channel)"),
 ) -> None:
     """Quantize MODEL and save it as an artifact (bit-planes + manifest); print the per-layer report."""
     console = Console()
@@ -82,7 +84,7 @@ def quantize_command(
     if avg_bits is not None or max_bytes is not None:
         if plan is not None:
             raise ConfigError("--plan and --avg-bits/--max-bytes both choose the plan: give one")
-        candidates = default_candidates(grid=grid, method=method, group_size=group_size or None,
+        candidates = default_candidates(grid=grid, method=method, group_sizes=parse_group_sizes(candidate_groups),
                                         calibrations=parse_calibrations(calibration))
         table, module, source, spec = run_analysis(model, candidates, out=sens, loss="mse", batches=ANALYSIS_BATCHES,
                                                    skip=skip)
@@ -105,7 +107,7 @@ def _quantize_and_save(
     calibrated = any(s is not None and s.calibration.uses_inputs for s in (the_plan.default, *the_plan.rules.values()))
     kwargs: dict[str, Any] = {}
     if calibrated and spec is not None:
-        kwargs = {"calibration_data": spec.calibration(ANALYSIS_BATCHES), "forward": spec.run}
+        kwargs = {"calibration_data": spec.calibration(HESSIAN_BATCHES), "forward": spec.run}
     report = quantize_(module, the_plan, progress=True, **kwargs)
     path = save(module, out, source=source)
     console.print(report.summary())

@@ -20,7 +20,8 @@ awq+gptq     AWQ's factors, then GPTQ on ``W diag(s)`` with ``H' = diag(1/s) H d
 
 GPTQ's group scales: the scheme's method or min-max, per group whichever has the lower
 input-weighted error (see ``gptq``: clipping an outlier weight with a large input is what GPTQ
-cannot repair). Nested precisions of a GPTQ weight: GPTQ fixes the full-precision codes; each prefix's scale
+cannot repair); once every code is fixed, ``refit.refit_params`` re-solves all of a row's scales
+(and zeros) jointly for the least output error, keeping a row's old ones unless that lowers it. Nested precisions of a GPTQ weight: GPTQ fixes the full-precision codes; each prefix's scale
 (zero) is then the least-squares fit of its truncated codes to the weight (``W diag(s)`` with
 AWQ), as ``nest_by_truncation`` does. AWQ's ``alpha`` is searched at the stored precision only.
 """
@@ -38,6 +39,7 @@ from .codes import QuantizedWeight
 from .gptq import gptq_codes
 from .grids import GridSpec
 from .nested import GroupFit, fit_nested, nest_by_truncation
+from .refit import refit_params
 from .scales import MAX_ABS_WEIGHT, als, minmax, mse_search
 
 __all__ = ["quantize", "relative_error", "output_error", "fit_groups"]
@@ -183,6 +185,7 @@ def _gptq(w32: torch.Tensor, hessian: torch.Tensor, scheme: QScheme, input_scale
         return [(scale, zero), (s_mm, z_mm)]
 
     codes, scales, zeros = gptq_codes(w32, hessian, scheme.replace(nested=()), fit_group)
+    scales, zeros = refit_params(w32, codes, scales, zeros, spec, scheme.effective_group_size(k), hessian)
     params: Params = {scheme.bits: (scales, zeros)}
     if scheme.nested:
         nested = _Params(n, scheme.nested)
