@@ -167,3 +167,43 @@ def test_resume_refuses_other_calibration_batches(tiny_spec, tmp_path) -> None:
     with pytest.raises(ConfigError, match="other calibration batches"):
         measure_sensitivity(tiny_spec.build(), tiny_spec.calibration(2), [QScheme(2)], run=tiny_spec.run,
                             path=path, progress=False)
+
+
+def test_default_candidates_with_competing_group_sizes() -> None:
+    cands = default_candidates((2, 3), group_sizes=(64, 128, None, 64), calibrations=("none", "gptq"))
+    assert [(s.calibration.value, s.group_size, s.bits) for s in cands] == [
+        (c, g, b) for c in ("none", "gptq") for g in (64, 128, None) for b in (2, 3)]
+    with pytest.raises(ConfigError, match="group_sizes is empty"):
+        default_candidates((2,), group_sizes=())
+
+
+@pytest.mark.parametrize("layer", ["stem", "fc2"])
+def test_hessians_from_their_own_batches(tiny_spec, layer) -> None:
+    """With ``hessian_batches`` the calibrated cell uses H of those batches; the loss stays on ``batches``."""
+    from bitsfusion.nn.calibrate import collect_hessians
+
+    scheme = QScheme(2, grid="asymmetric", calibration="gptq")
+    batches, h_batches = tiny_spec.calibration(1), tiny_spec.calibration(3)
+    table = measure_sensitivity(tiny_spec.build(), batches, [scheme], run=tiny_spec.run, hessian_batches=h_batches,
+                                include=lambda n, _: n == layer, progress=False)
+    assert table.meta["batches"] == 1 and table.meta["hessian_batches"] == 3
+    ref_model, model = tiny_spec.build(), tiny_spec.build()
+    h = collect_hessians(model, h_batches, names=[layer], progress=False)[layer]
+    mod = model.get_submodule(layer)
+    w_hat = quantize(weight_view(mod).float(), scheme, hessian=h).dequantize()
+    with torch.no_grad():
+        mod.weight.copy_(w_hat.reshape(mod.weight.shape))
+    oracle = LOSSES["mse"](tiny_spec.run(ref_model, batches[0]), tiny_spec.run(model, batches[0]))
+    assert table.cell(layer, scheme) == pytest.approx(oracle, rel=1e-5)
+
+
+def test_resume_refuses_other_hessian_batches(tiny_spec, tmp_path) -> None:
+    path, scheme = tmp_path / "sens.json", QScheme(2, grid="asymmetric", calibration="gptq")
+    measure_sensitivity(tiny_spec.build(), tiny_spec.calibration(1), [scheme], run=tiny_spec.run,
+                        hessian_batches=tiny_spec.calibration(2), path=path, progress=False)
+    with pytest.raises(ConfigError, match="other calibration batches"):
+        measure_sensitivity(tiny_spec.build(), tiny_spec.calibration(1), [scheme], run=tiny_spec.run,
+                            hessian_batches=tiny_spec.calibration(3), path=path, progress=False)
+    with pytest.raises(ConfigError, match="hessian_batches is empty"):
+        measure_sensitivity(tiny_spec.build(), tiny_spec.calibration(1), [scheme], run=tiny_spec.run,
+                            hessian_batches=[], progress=False)

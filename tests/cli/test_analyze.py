@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from bitsfusion.cli.allocate import parse_bytes, parse_pins
+from bitsfusion.cli.analyze import parse_group_sizes
 from bitsfusion.cli.inspect import bits_grid
 from bitsfusion.cli.main import app
 from bitsfusion.errors import ConfigError
@@ -21,7 +23,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def sens(tmp_path_factory: pytest.TempPathFactory, runner: CliRunner) -> Path:
     out = tmp_path_factory.mktemp("analyze") / "sens.json"
-    result = runner.invoke(app, ["analyze", "tiny", "--out", str(out), "--bits", "1,2,4,8", "--batches", "2"])
+    result = runner.invoke(app, ["analyze", "tiny", "--out", str(out), "--bits", "1,2,4,8", "--batches", "2",
+                                 "--group-size", "16,0"])
     assert result.exit_code == 0, result.output
     assert "proxy rank correlation" in result.stdout and "fc1" in result.stdout
     return out
@@ -50,7 +53,8 @@ def test_analyze_allocate_quantize_eval(runner: CliRunner, sens: Path, tmp_path:
 
 def test_analyze_resumes_without_remeasuring(runner: CliRunner, sens: Path) -> None:
     before = json.loads(sens.read_text())
-    result = runner.invoke(app, ["analyze", "tiny", "--out", str(sens), "--bits", "1,2,4,8", "--batches", "2"])
+    result = runner.invoke(app, ["analyze", "tiny", "--out", str(sens), "--bits", "1,2,4,8", "--batches", "2",
+                                 "--group-size", "16,0"])
     assert result.exit_code == 0, result.output
     assert json.loads(sens.read_text())["loss"] == before["loss"]
 
@@ -93,6 +97,10 @@ def test_errors_are_one_line(runner, sens, tmp_path, assert_one_line_error, args
 def test_parsers_and_heatmap_layout() -> None:
     assert parse_bytes("6MB") == 6_000_000 and parse_bytes("1.5MiB") == 1_572_864 and parse_bytes("4096") == 4096
     assert parse_pins(["head=8", "re:.*stem=4"]) == {"head": 8, "re:.*stem": 4}
+    assert parse_group_sizes("64,128,0") == (64, 128, None)
+    for bad in ("", "64,x", "-8"):
+        with pytest.raises(typer.BadParameter):
+            parse_group_sizes(bad)
     with pytest.raises(ConfigError):
         parse_pins(["head=9"])
     rows, cols, values = bits_grid({"enc.0.q": 2, "enc.0.k": 4, "enc.1.q": 3, "head": 8})

@@ -72,8 +72,11 @@ def measured_losses(table: SensitivityTable, front: list[TableAllocation]) -> li
                           "batches); this one does not")
     module, _, spec = resolve_model(model)
     spec = spec or generic_spec(model, lambda: module)
+    calibrated = any(s.calibration.uses_inputs for s in table.schemes)
+    h_batches = table.meta.get("hessian_batches", batches)
+    separate = calibrated and isinstance(h_batches, int) and h_batches != batches
     probe = OutputProbe(module, spec.calibration(batches), list(table.layers), run=spec.run, loss=LOSSES[loss],
-                        moments=any(s.calibration.uses_inputs for s in table.schemes))
+                        moments=calibrated, hessian_batches=spec.calibration(h_batches) if separate else None)
     return [p.measured for p in check_additivity(probe, front)]
 
 
