@@ -49,23 +49,25 @@ def _padded(x: torch.Tensor, k_pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, k_pad - x.shape[-1]))
 
 
-def _systems(cv: torch.Tensor, ov: torch.Tensor, h4: torch.Tensor, wh: torch.Tensor, free_t: bool
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A^T H A, A^T H w)`` for a chunk of rows: ``[R, P, P]`` and ``[R, P]`` (``P = G`` or ``2G``).
+def _systems(cv: torch.Tensor, h4: torch.Tensor, zo: torch.Tensor, m_oo: torch.Tensor, wh: torch.Tensor,
+             ov: torch.Tensor, free_t: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A^T H A, A^T H w)`` for a chunk of rows: float64 ``[R, P, P]`` and ``[R, P]`` (``P = G`` or ``2G``).
 
-    ``cv``, ``ov`` ``[R, G, L]`` codes and group indicator; ``h4`` ``[G, L, K]`` the padded Hessian with
-    its rows grouped; ``wh`` ``[R, K]`` = ``w H``.
+    ``cv`` ``[R, G, L]`` codes (zero past ``K``); ``h4`` ``[G, L, K]`` the padded Hessian with its rows
+    grouped; ``zo`` ``[G, G, L]`` and ``m_oo`` ``[G, G]`` the row-independent indicator terms
+    (``zo[h, g, l] = sum_{m in h} H[m, l in g]``); ``wh`` ``[R, K]`` = ``w H``; ``ov`` ``[1, G, L]`` the
+    group indicator. The one ``R x K x K`` product (``c H`` per group) runs in float32; the sums
+    that form each system are accumulated in float64.
     """
     r, g, length = cv.shape
     zc = torch.einsum("nhm,hml->nhl", cv, h4).reshape(r, g, g, length)  # [n, h, g, l] = (c_h H)[l in g]
-    m_cc = torch.einsum("ngl,nhgl->ngh", cv, zc)
-    rhs_c = (cv * wh.view(r, g, length)).sum(-1)
+    m_cc = torch.einsum("ngl,nhgl->ngh", cv.double(), zc.double())
+    rhs_c = (cv.double() * wh.view(r, g, length)).sum(-1)
     if not free_t:
         return m_cc, rhs_c
-    zo = torch.einsum("nhm,hml->nhl", ov, h4).reshape(r, g, g, length)
-    m_co = torch.einsum("ngl,nhgl->ngh", cv, zo)
-    m_oo = torch.einsum("ngl,nhgl->ngh", ov, zo)
-    m = torch.cat([torch.cat([m_cc, m_co], 2), torch.cat([m_co.transpose(1, 2), m_oo], 2)], 1)
+    m_co = torch.einsum("ngl,hgl->ngh", cv.double(), zo)
+    m = torch.cat([torch.cat([m_cc, m_co], 2),
+                   torch.cat([m_co.transpose(1, 2), m_oo.expand(r, g, g)], 2)], 1)
     return m, torch.cat([rhs_c, (ov * wh.view(r, g, length)).sum(-1)], 1)
 
 
@@ -90,11 +92,11 @@ def refit_params(
     k_pad = g * group
     h = hessian.to(device=w.device, dtype=torch.float64)
     h_pad = torch.nn.functional.pad(h, (0, k_pad - k, 0, k_pad - k))
-    h4 = h_pad.view(g, group, k_pad)
+    h4 = h_pad.view(g, group, k_pad).float()
     free_t = spec.const_zero is None
     ones = _padded(torch.ones(1, k, dtype=torch.float64, device=w.device), k_pad).view(1, g, group)
-    old_hat = _dequant(codes, scales, zeros, spec, group, k)
-    old_err = row_output_error(w, old_hat, h)
+    zo = torch.einsum("hm,hml->hl", ones[0], h_pad.view(g, group, k_pad)).view(g, g, group)
+    m_oo = torch.einsum("gl,hgl->gh", ones[0], zo)
     new_s, new_z = scales.clone(), None if zeros is None else zeros.clone()
     rows = max(1, CHUNK_ELEMENTS // max(1, g * k_pad))
     for r0 in range(0, n, rows):
@@ -102,44 +104,39 @@ def refit_params(
         c64 = codes[r0:r1].to(torch.float64)
         if not free_t:
             c64 = c64 - float(spec.const_zero)  # type: ignore[arg-type]
-        cv = _padded(c64, k_pad).view(r1 - r0, g, group)
-        ov = ones.expand(r1 - r0, g, group)
-        wh = _padded(w[r0:r1].to(torch.float64), k_pad) @ h_pad
-        m, rhs = _systems(cv, ov, h4, wh, free_t)
-        p0 = _start(scales[r0:r1], None if zeros is None else zeros[r0:r1], free_t)
+        cv = _padded(c64, k_pad).view(r1 - r0, g, group).float()
+        w64 = _padded(w[r0:r1].to(torch.float64), k_pad)
+        wh = w64 @ h_pad
+        m, rhs = _systems(cv, h4, zo, m_oo, wh, ones, free_t)
+        whw = (wh * w64).sum(-1)
+        p0 = _params(scales[r0:r1], None if zeros is None else zeros[r0:r1], free_t)
         lam = RIDGE * m.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-30)
         eye = torch.eye(m.shape[1], dtype=m.dtype, device=m.device)
         p = torch.linalg.solve(m + lam[:, None, None] * eye, (rhs + lam[:, None] * p0).unsqueeze(-1)).squeeze(-1)
         s = p[:, :g].to(torch.float16).to(torch.float32)
-        if free_t:
-            z = (-p[:, g:] / p[:, :g]).to(torch.float16).to(torch.float32)
+        z = (-p[:, g:] / p[:, :g]).to(torch.float16).to(torch.float32) if free_t else None
         ok = torch.isfinite(s).all(-1) & (s > 0).all(-1)
-        if free_t:
+        if z is not None:
             ok &= torch.isfinite(z).all(-1)
+            z = torch.where(ok[:, None], z, zeros[r0:r1])  # type: ignore[index]
         s = torch.where(ok[:, None], s, scales[r0:r1])
-        z_chunk = None
-        if free_t:
-            assert zeros is not None
-            z_chunk = torch.where(ok[:, None], z, zeros[r0:r1])
-        hat = _dequant(codes[r0:r1], s, z_chunk, spec, group, k)
-        better = ok & (row_output_error(w[r0:r1], hat, h) < old_err[r0:r1])
+        better = ok & (_quadratic_error(_params(s, z, free_t), m, rhs, whw)
+                       < _quadratic_error(p0, m, rhs, whw))
         new_s[r0:r1] = torch.where(better[:, None], s, scales[r0:r1])
-        if new_z is not None and z_chunk is not None:
-            new_z[r0:r1] = torch.where(better[:, None], z_chunk, zeros[r0:r1])  # type: ignore[index]
+        if new_z is not None and z is not None:
+            new_z[r0:r1] = torch.where(better[:, None], z, new_z[r0:r1])
     return new_s, new_z
 
 
-def _start(scales: torch.Tensor, zeros: torch.Tensor | None, free_t: bool) -> torch.Tensor:
+def _quadratic_error(p: torch.Tensor, m: torch.Tensor, rhs: torch.Tensor, whw: torch.Tensor) -> torch.Tensor:
+    """``(w - A p) H (w - A p)^T = wHw - 2 p.(A^T H w) + p (A^T H A) p`` per row, without forming ``A p``."""
+    return whw - 2 * (p * rhs).sum(-1) + torch.einsum("np,npq,nq->n", p, m, p)
+
+
+def _params(scales: torch.Tensor, zeros: torch.Tensor | None, free_t: bool) -> torch.Tensor:
+    """``p = (s, t = -s z)`` float64 ``[R, P]`` of stored scales and zeros (``s`` alone on a fixed-zero grid)."""
     s = scales.to(torch.float64)
     if not free_t:
         return s
     assert zeros is not None
     return torch.cat([s, -s * zeros.to(torch.float64)], 1)
-
-
-def _dequant(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, spec: GridSpec, group: int,
-             k: int) -> torch.Tensor:
-    """``scale * (code - zero)`` float32 ``[N, K]`` with per-group parameters expanded along ``K``."""
-    s = scales.repeat_interleave(group, dim=1)[:, :k]
-    zero = spec.zero_of(None if zeros is None else zeros.repeat_interleave(group, dim=1)[:, :k])
-    return s * (codes.to(torch.float32) - zero)
