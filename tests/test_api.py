@@ -38,3 +38,18 @@ def test_readme_quick_start_round_trip(tmp_path: Path) -> None:
 def test_errors_share_one_base() -> None:
     with pytest.raises(bf.BitsFusionError, match="bits"):
         bf.QScheme(bits=9)
+
+
+def test_mixed_precision_flow_as_the_docstring_shows(tmp_path: Path) -> None:
+    """measure_sensitivity -> allocate -> quantize_ with calibration data, within the budget, on tiny."""
+    from bitsfusion.zoo import get_model_spec
+
+    spec = get_model_spec("tiny")
+    model, batches = spec.build(), spec.calibration(2)
+    cands = bf.default_candidates((2, 4), group_sizes=(16, None), calibrations=("gptq",))
+    table = bf.measure_sensitivity(model, batches, cands, run=spec.run, path=tmp_path / "sens.json", progress=False)
+    plan = bf.allocate(table, avg_bits=3.0)
+    assert plan.bits_per_weight <= 3.0
+    report = bf.quantize_(model, plan.plan(), calibration_data=batches, forward=spec.run, progress=False)
+    assert report.totals()["layers"] == len(table.layers)
+    assert all("no quantized module" in s.reason for s in report.skipped)
