@@ -22,7 +22,6 @@ read what the one before wrote.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .errors import ConfigError
+from .jsonfile import read_json, write_json
 from .types import Grid, QScheme, ScaleMethod
 
 __all__ = ["BitPlan"]
@@ -143,22 +143,12 @@ class BitPlan:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the plan as JSON, atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "BitPlan":
         """Read a plan written by ``save`` (or by hand)."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: plan file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a valid JSON plan ({e})") from None
+        d = read_json(path, "plan file")
         try:
             return cls.from_dict(d)
         except ConfigError as e:

@@ -20,7 +20,6 @@ candidates so that their packed bytes are at most ``2.0 * 10.6e6 / 8``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 from ..analysis.table import SensitivityTable, scheme_key
 from ..errors import BudgetInfeasible, ConfigError
+from ..jsonfile import write_json
 from ..pack.accounting import packed_nbytes
 from ..plan import BitPlan
 from ..types import QScheme
@@ -94,12 +94,7 @@ class TableAllocation:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """A plan file ``BitPlan.load`` reads, with this summary under ``"allocation"`` (atomic write)."""
-        path = Path(path)
-        body = {**self.plan().to_dict(), "allocation": self.summary()}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, {**self.plan().to_dict(), "allocation": self.summary()})
 
 
 def ladder(table: SensitivityTable, layer: str) -> list[QScheme]:

@@ -9,13 +9,13 @@ saved after every layer, so an interrupted analysis resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError
+from ..jsonfile import read_json, write_json
 from ..types import QScheme
 
 __all__ = ["LayerInfo", "SensitivityTable", "scheme_key"]
@@ -171,20 +171,10 @@ class SensitivityTable:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Atomic write (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "SensitivityTable":
         """Read a table written by ``save``; ConfigError when missing or malformed."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: sensitivity table not found; run `bitsfusion analyze` first") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source=path)
+        d = read_json(path, "sensitivity table", "run `bitsfusion analyze` first")
+        return cls.from_dict(d, source=Path(path))
