@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench-smoke bench lint clean
+.PHONY: demo test bench-smoke bench bench-mixed lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ bench-smoke: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/quality.py --write docs/BENCHMARKS.md
+
+# analysis + exact allocation + GPTQ on MiniLM at 4/3/2.5/2/1.75 bits, uniform rows and peers (~25 min)
+bench-mixed: $(STAMP)
+	$(PY) benchmarks/mixed.py --refine --write docs/BENCHMARKS.md
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

@@ -5,11 +5,10 @@ the fp32 model are quantized (embeddings, LayerNorms and the unused pooler stay 
 1000 evaluation sentences of ``bitsfusion.zoo.minilm`` are embedded and compared with the fp32
 embeddings (mean and 5th-percentile cosine, top-10 neighbour overlap).
 
-Calibration data: ``--sentences`` (default 128) one-line docstrings harvested from the Python
-standard library at run time, excluding every evaluation sentence (the zoo's own calibration
-batches are the first evaluation sentences, so they are not used here). Each sentence is one
-batch, so no padding token reaches the Hessians. The Hessians of the float model are collected
-once (``collect_hessians``) and reused for every scheme. Columns: ``quantize s`` is the wall time
+Calibration data: ``--batches`` (default 32, all 512 sentences) of the zoo's calibration batches
+(``bitsfusion.zoo.minilm``: other standard-library docstrings, none of them evaluation sentences,
+batched by length so little padding reaches the Hessians). The Hessians of the float model are
+collected once (``collect_hessians``) and reused for every scheme. Columns: ``quantize s`` is the wall time
 of ``quantize_``; ``out err`` is the mean over layers of ``tr(dW H dW^T) / tr(W H W^T)``.
 
 Usage::
@@ -22,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
-import inspect
 import os
 import sys
 import time
@@ -39,53 +36,9 @@ from bitsfusion.plan import BitPlan  # noqa: E402
 from bitsfusion.quant import output_error  # noqa: E402
 from bitsfusion.types import Calibration, Grid, QScheme, ScaleMethod  # noqa: E402
 from bitsfusion.zoo import get_model_spec  # noqa: E402
-from bitsfusion.zoo.minilm import load_sentences, reference_embeddings, tokenize  # noqa: E402
+from bitsfusion.zoo.minilm import reference_embeddings  # noqa: E402
 
 ENCODER_LINEARS = r"re:encoder\.layer\.\d+\..*"
-SOURCE_MODULES = (
-    "argparse", "calendar", "collections", "configparser", "csv", "datetime", "decimal", "difflib",
-    "email.message", "fractions", "ftplib", "gzip", "http.client", "imaplib", "json.decoder", "logging",
-    "mailbox", "pathlib", "pickle", "shutil", "smtplib", "statistics", "tarfile", "textwrap", "threading",
-    "unittest.case", "urllib.request", "uuid", "xml.dom.minidom", "zipfile",
-)
-PER_MODULE = 6
-
-
-def calibration_sentences(n: int) -> list[str]:
-    """``n`` one-line stdlib docstrings (first lines, 20-120 characters) that are not evaluation sentences.
-
-    Round-robin over ``SOURCE_MODULES`` (at most ``PER_MODULE`` each per round), members in
-    name order, so the list is the same on every run of the same Python.
-    """
-    held_out = set(load_sentences())
-    pools: list[list[str]] = []
-    for name in SOURCE_MODULES:
-        module = importlib.import_module(name)
-        lines = []
-        for key, obj in sorted(vars(module).items()):
-            if key.startswith("_") or getattr(obj, "__module__", None) != name:
-                continue
-            members = [obj] + ([v for k, v in sorted(vars(obj).items()) if not k.startswith("_")]
-                               if inspect.isclass(obj) else [])
-            for m in members:
-                doc = m.__doc__ if callable(m) else None
-                line = doc.strip().splitlines()[0].strip() if isinstance(doc, str) and doc.strip() else ""
-                if 20 <= len(line) <= 120 and line.endswith(".") and line not in held_out:
-                    lines.append(line)
-        pools.append(list(dict.fromkeys(lines)))
-    out: list[str] = []
-    seen: set[str] = set()
-    for start in range(0, max(len(p) for p in pools), PER_MODULE):
-        for pool in pools:
-            for line in pool[start : start + PER_MODULE]:
-                if line not in seen and len(out) < n:
-                    seen.add(line)
-                    out.append(line)
-    if len(out) < n:
-        raise SystemExit(f"only {len(out)} calibration sentences found, asked for {n}")
-    return out
-
-
 def mean_output_error(model: nn.Module, reference: nn.Module, hessians: dict[str, torch.Tensor]) -> float:
     errs = []
     float_layers = dict(reference.named_modules())
@@ -103,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=["als", "mse"], choices=[m.value for m in ScaleMethod])
     ap.add_argument("--calibrations", nargs="+", default=[c.value for c in Calibration],
                     choices=[c.value for c in Calibration])
-    ap.add_argument("--sentences", type=int, default=128)
+    ap.add_argument("--batches", type=int, default=32, help="calibration batches of 16 sentences (at most 32)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 by default: on a shared machine more threads than free cores stall)")
     args = ap.parse_args(argv)
@@ -114,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = get_model_spec("minilm")
     reference = spec.build()
     reference_embeddings(reference)
-    sentences = calibration_sentences(args.sentences)
+    batches = spec.calibration(args.batches)
     start = time.perf_counter()
     probe = spec.build()
     names = [n for n, m in probe.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.layer.")]
-    hessians = collect_hessians(probe, [tokenize([s]) for s in sentences], names=names, progress=False)
-    print(f"Hessians of {len(hessians)} layers from {len(sentences)} sentences in "
+    hessians = collect_hessians(probe, batches, forward=spec.run, names=names, progress=False)
+    print(f"Hessians of {len(hessians)} layers from {args.batches} batches in "
           f"{time.perf_counter() - start:.1f} s\n", flush=True)
 
     print("| bits | grid | method | calibration | mean cos | p5 cos | top-10 overlap | out err | quantize s |")

@@ -142,15 +142,21 @@ def markdown(rows: list[Row], command: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Replace the text between the quality markers of ``doc`` (appending the markers if absent)."""
+def write_section(doc: Path, section: str, start: str = START, end: str = END,
+                  heading: str = "## Quality: all-MiniLM-L6-v2") -> None:
+    """Replace the text between ``start`` and ``end`` in ``doc`` (appending heading and markers if absent).
+
+    Written atomically (temporary file, then rename), so other sections are never lost half-way.
+    """
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    block = f"{start}\n{section}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip("\n") + "\n\n## Quality: all-MiniLM-L6-v2\n\n" + block + "\n"
-    doc.write_text(text, encoding="utf-8")
+        text = text.rstrip("\n") + f"\n\n{heading}\n\n" + block + "\n"
+    tmp = doc.with_name(f".{doc.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(doc)
 
 
 def main(argv: list[str] | None = None) -> int:

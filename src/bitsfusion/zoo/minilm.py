@@ -17,9 +17,13 @@ sentence's two embeddings, and the top-10 neighbour overlap (see ``analysis.metr
 The reference embeddings are cached per reference model until its parameters change.
 
 Calibration: the first ``16 n`` of the 512 sentences of ``data/calibration_sentences.txt``,
-16 per batch: other one-line docstrings of the standard library, none of them in the evaluation
-set (``scripts/make_calibration_sentences.py`` made the file), so sensitivity analysis and
-output-aware quantizers never see what they are judged on.
+other one-line docstrings of the standard library, none of them in the evaluation set
+(``scripts/make_calibration_sentences.py`` made the file), so sensitivity analysis and
+output-aware quantizers never see what they are judged on. They are batched 16 at a time in
+order of token count, so a batch pads little: padding tokens never reach the embeddings (the
+mean is masked) but every Linear sees them, and in arrival order they were 40% of the rows of
+each input Hessian (3% sorted). Measured: GPTQ at 2 bits (group 64, 512 sentences) mean cosine
+0.879 with arrival-order batches, 0.886 with length-sorted ones; 0.969 and 0.971 at 3 bits.
 """
 
 from __future__ import annotations
@@ -172,7 +176,11 @@ def _calibration(n: int) -> list[dict[str, torch.Tensor]]:
     if CALIBRATION_BATCH * n > len(sentences):
         raise ConfigError(f"minilm has {len(sentences)} calibration sentences, asked for {n} batches of "
                           f"{CALIBRATION_BATCH}; ask for at most {len(sentences) // CALIBRATION_BATCH}")
-    return [tokenize(sentences[i : i + CALIBRATION_BATCH]) for i in range(0, CALIBRATION_BATCH * n, CALIBRATION_BATCH)]
+    chosen = sentences[: CALIBRATION_BATCH * n]
+    tok = _tokenizer()
+    lengths = [len(tok(s, truncation=True, max_length=MAX_LENGTH)["input_ids"]) for s in chosen]
+    by_length = [chosen[i] for i in sorted(range(len(chosen)), key=lambda i: (lengths[i], i))]
+    return [tokenize(by_length[i : i + CALIBRATION_BATCH]) for i in range(0, len(by_length), CALIBRATION_BATCH)]
 
 
 @register_model("minilm")
