@@ -1,27 +1,37 @@
-"""Kernel benchmark: BitsFusion's native kernels against torch fp32/bf16 F.linear and fbgemm dynamic int8.
+"""Kernel benchmark: BitsFusion's native kernels against torch fp32/bf16 F.linear, fbgemm dynamic int8 and int4.
 
 For each layer shape ``N x K`` (out x in) and rows ``M``, one weight is stored at 8 bits with every lower
 precision nested and run at ``active_bits`` in ``--bits`` (so the 2-bit row reads 2 planes of that same
 weight: no repacking between precisions). Weights are rotated over enough copies to exceed ``--rotate-mb``
 (default 96 MB, three times a 32 MB L3), so every call streams its weight from DRAM, as a large model does.
 
-Printed per row: median time over ``--repeats`` passes (each pass averages one call per rotated copy), the
-spread ``(max - min) / median`` of those passes, ratios to fp32 / bf16 / fbgemm int8 (> 1: ours is faster),
-and the memory floor: bytes our call must read (the active planes plus fp32 scales in the kernel layout)
-divided by the copy bandwidth measured in the same run (``dst.copy_(src)`` of 256 MB, counted as bytes read
-plus written per second). Timings include the Python dispatch (``kernels.dispatch.linear``), as a model sees.
+Per row: our time with the kernel ``kernels.dispatch`` picks (for M = 128 also the exact ``dequant`` GEMM),
+median over ``--repeats`` passes (each pass averages one call per rotated copy) and the run-to-run spread
+``(max - min) / median``; torch fp32 and bf16 ``F.linear``, fbgemm dynamic int8
+(``torch.ao.quantization.quantize_dynamic``), ``torch._weight_int4pack_mm_for_cpu`` (bf16 activations, 4-bit
+group 64) where this torch has it; the memory floor (bytes our call must read: the active planes plus the fp32
+scales in the kernel layout, over the copy bandwidth ``dst.copy_(src)`` of 256 MB measured in the same run,
+read + written bytes per second); ratios > 1 mean ours is faster. Timings include the Python dispatch
+(``kernels.dispatch.linear``), as a model sees. Then MiniLM end to end (``--minilm``): fp32, torch dynamic int8,
+ours at 4 and 2 bits (the encoder's Linear layers, one 4-bit artifact with 2 bits nested).
 
-    python benchmarks/kernels.py                 # every shape, M = 1, 8, 128, bits 1 2 3 4 8
-    python benchmarks/kernels.py --quick         # fewer repeats, 4096x4096 and MiniLM shapes
+    python benchmarks/kernels.py                              # every shape, M = 1, 8, 128, bits 1 2 3 4 8
+    python benchmarks/kernels.py --quick                      # fewer repeats, 4096x4096 and MiniLM shapes
+    python benchmarks/kernels.py --write docs/BENCHMARKS.md   # also replace the kernels section there
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import datetime as dt
+import platform
+import re
 import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +43,11 @@ from bitsfusion.quant.codes import QuantizedWeight
 from bitsfusion.types import QScheme
 
 SHAPES = {"4096x4096": (4096, 4096), "11008x4096": (11008, 4096), "minilm-qkvo 384x384": (384, 384),
-          "minilm-ffn-up 1536x384": (1536, 384), "minilm-ffn-down 384x1536": (384, 1536)}
+          "minilm-ffn-up 1536x384": (1536, 384), "minilm-ffn-down 384x1536": (384, 1536),
+          "unet-attn 320x320": (320, 320), "unet-ff 1280x320": (1280, 320)}
 QUICK = ("4096x4096", "minilm-qkvo 384x384", "minilm-ffn-up 1536x384")
+START, END = "<!-- kernels:start -->", "<!-- kernels:end -->"
+Timing = tuple[float, float]  # (median seconds per call, spread)
 
 
 def copy_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
@@ -64,7 +77,7 @@ def copies_for(nbytes: int, rotate_mb: int) -> int:
     return max(2, min(512, -(-(rotate_mb << 20) // max(nbytes, 1))))
 
 
-def time_rotating(calls: list[Callable[[], object]], repeats: int) -> tuple[float, float]:
+def time_rotating(calls: list[Callable[[], object]], repeats: int) -> Timing:
     """(median seconds per call, spread) over ``repeats`` passes, each one call per rotated copy."""
     for c in calls[: min(len(calls), 4)]:
         c()  # warm-up: repacking caches, allocator
@@ -78,8 +91,23 @@ def time_rotating(calls: list[Callable[[], object]], repeats: int) -> tuple[floa
     return med, (max(passes) - min(passes)) / med
 
 
-def baselines(n: int, k: int, m: int, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    out: dict[str, tuple[float, float]] = {}
+def int4_calls(n: int, k: int, x: torch.Tensor, rotate_mb: int) -> list[Callable[[], object]] | None:
+    """``torch._weight_int4pack_mm_for_cpu`` calls on rotated int4 weights, or None where it does not run."""
+    if not hasattr(torch, "_weight_int4pack_mm_for_cpu") or k % 64:
+        return None
+    try:
+        xb = x.bfloat16()
+        sz = torch.rand(k // 64, n, 2).bfloat16()
+        packs = [torch._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (n, k), dtype=torch.int32), 1)
+                 for _ in range(copies_for(n * k // 2, rotate_mb))]
+        torch._weight_int4pack_mm_for_cpu(xb, packs[0], 64, sz)
+    except (RuntimeError, TypeError):
+        return None
+    return [lambda p=p: torch._weight_int4pack_mm_for_cpu(xb, p, 64, sz) for p in packs]
+
+
+def baselines(n: int, k: int, m: int, args: argparse.Namespace) -> dict[str, Timing | None]:
+    out: dict[str, Timing | None] = {}
     x = torch.randn(m, k)
     w32 = [torch.randn(n, k) for _ in range(copies_for(4 * n * k, args.rotate_mb))]
     out["fp32"] = time_rotating([lambda w=w: F.linear(x, w) for w in w32], args.repeats)
@@ -93,29 +121,119 @@ def baselines(n: int, k: int, m: int, args: argparse.Namespace) -> dict[str, tup
         lin.weight.data = w
         qs.append(torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
                                                         dtype=torch.qint8))
+    del w32
     out["int8"] = time_rotating([lambda q=q: q(x) for q in qs], args.repeats)
+    del qs
+    calls = int4_calls(n, k, x, args.rotate_mb)
+    out["int4"] = None if calls is None else time_rotating(calls, args.repeats)
     return out
 
 
-def run_shape(name: str, n: int, k: int, args: argparse.Namespace, bw: float) -> None:
-    kb, groups = -(-k // 8), -(-k // 64)
-    per_copy = 8 * n * kb  # the 8 stored planes
-    weights = [random_packed(n, k, s) for s in range(copies_for(per_copy, args.rotate_mb))]
+def run_shape(name: str, n: int, k: int, args: argparse.Namespace, bw: float) -> list[dict]:
+    kb, groups = -(-k // 32) * 4, -(-k // 64)  # plane bytes a row in the kernel layout (padded to 32 columns)
+    weights = [random_packed(n, k, s) for s in range(copies_for(8 * n * kb, args.rotate_mb))]
     for p in weights:
         kernel_weight(p)  # load-time repack, outside the timing
+    rows = []
     for m in args.rows:
         base = baselines(n, k, m, args)
         x = torch.randn(m, k)
-        print(f"{name:26s} M={m:<4d} fp32 {base['fp32'][0] * 1e3:8.3f} ms   bf16 {base['bf16'][0] * 1e3:8.3f} ms   "
-              f"fbgemm-int8 {base['int8'][0] * 1e3:8.3f} ms   (spread {base['fp32'][1]:.0%}/{base['bf16'][1]:.0%}/"
-              f"{base['int8'][1]:.0%})")
+        fmt = lambda t: "   n/a  " if t is None else f"{t[0] * 1e3:8.3f}"  # noqa: E731
+        print(f"{name:26s} M={m:<4d} fp32 {fmt(base['fp32'])} ms  bf16 {fmt(base['bf16'])} ms  fbgemm-int8 "
+              f"{fmt(base['int8'])} ms  int4pack {fmt(base['int4'])} ms", flush=True)
         for b in args.bits:
-            t, spread = time_rotating([lambda p=p: dispatch.linear(x, p, None, b) for p in weights], args.repeats)
-            floor = (b * n * kb + 2 * 4 * n * groups) / (bw * 1e9)
-            kern = dispatch.choose_kernel(x, weights[0])[0]
-            print(f"    ours b={b} {kern:8s} {t * 1e3:8.3f} ms (spread {spread:4.0%})  x fp32 {base['fp32'][0] / t:6.2f}"
-                  f"  x bf16 {base['bf16'][0] / t:6.2f}  x int8 {base['int8'][0] / t:6.2f}"
-                  f"  floor {floor * 1e3:7.3f} ms ({t / floor:5.1f}x floor)")
+            picked = dispatch.choose_kernel(x, weights[0])[0]
+            for kern in [picked] + (["dequant"] if m >= 128 else []):
+                t, spread = time_rotating([lambda p=p: dispatch.linear(x, p, None, b, kernel=kern) for p in weights],
+                                          args.repeats)
+                floor = (b * n * kb + 2 * 4 * n * groups) / (bw * 1e9)
+                row = {"shape": name, "m": m, "bits": b, "kernel": kern, "t": t, "spread": spread, "floor": floor,
+                       **{key: (None if v is None else v[0]) for key, v in base.items()}}
+                rows.append(row)
+                ratio = lambda key: "   n/a" if row[key] is None else f"{row[key] / t:6.2f}"  # noqa: E731
+                print(f"    ours b={b} {kern:8s} {t * 1e3:8.3f} ms (spread {spread:4.0%})  x fp32 {ratio('fp32')}"
+                      f"  x bf16 {ratio('bf16')}  x int8 {ratio('int8')}  x int4 {ratio('int4')}"
+                      f"  floor {floor * 1e3:7.3f} ms ({t / floor:5.1f}x floor)", flush=True)
+    return rows
+
+
+def minilm_rows(args: argparse.Namespace) -> list[dict]:
+    """MiniLM end to end (``zoo.minilm``): fp32, torch dynamic int8, ours at 4 bits and at 2 (nested)."""
+    from bitsfusion.nn import quantize_, set_active_bits
+    from bitsfusion.plan import BitPlan
+    from bitsfusion.zoo.minilm import build_minilm, run
+
+    fp32 = build_minilm().eval()
+    dyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+    ours = copy.deepcopy(fp32)
+    t0 = time.perf_counter()
+    quantize_(ours, BitPlan(rules={r"re:encoder\.layer\.\d+\..*": QScheme(4, group_size=64, nested=(2,))}),
+              progress=False)
+    print(f"MiniLM: quantized the encoder's Linear layers to 4 bits (2 nested) in {time.perf_counter() - t0:.1f} s")
+    out = []
+    for batch, tokens in ((1, 16), (32, 128)):
+        g = torch.Generator().manual_seed(0)
+        inputs = {"input_ids": torch.randint(1000, 20000, (batch, tokens), generator=g),
+                  "token_type_ids": torch.zeros(batch, tokens, dtype=torch.long),
+                  "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
+        reps = args.repeats * (4 if batch == 1 else 1)
+        for label, model, bits in (("fp32", fp32, None), ("torch dynamic int8", dyn, None),
+                                   ("ours 4-bit", ours, 4), ("ours 2-bit (nested)", ours, 2)):
+            if bits is not None:
+                set_active_bits(model, bits)
+            t, spread = time_rotating([lambda model=model: run(model, inputs)], reps)
+            out.append({"batch": f"{batch} x {tokens}", "model": label, "t": t, "spread": spread})
+            print(f"MiniLM {batch:2d} x {tokens:3d} tokens  {label:20s} {t * 1e3:8.2f} ms (spread {spread:4.0%})",
+                  flush=True)
+    return out
+
+
+def cell(v: float | None, scale: float = 1e3, fmt: str = "{:.3f}") -> str:
+    return "n/a" if v is None else fmt.format(v * scale)
+
+
+def markdown(rows: list[dict], mini: list[dict], header: dict[str, str]) -> str:
+    lines = [f"Command: `{header['command']}`  ", f"Machine: {header['machine']}  ",
+             f"Date: {header['date']}; whole run {header['minutes']} min. Spread: (max - min) / median of "
+             f"{header['repeats']} passes (another job shared the two cores: read the times as rough).", "",
+             "Times in ms per call (weights rotated through > 96 MB, so read from DRAM); `x fp32` etc.: their time / "
+             "ours (> 1: ours faster); floor: our bytes / copy bandwidth.", "",
+             "| layer N x K | M | bits | ours (kernel) | ours ms | spread | floor ms | x floor | fp32 | bf16 | "
+             "fbgemm int8 | int4pack | x fp32 | x bf16 | x int8 | x int4 |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = lambda key: "n/a" if r[key] is None else f"{r[key] / r['t']:.2f}"  # noqa: E731
+        lines.append(f"| {r['shape']} | {r['m']} | {r['bits']} | {r['kernel']} | {cell(r['t'])} | {r['spread']:.0%} | "
+                     f"{cell(r['floor'])} | {r['t'] / r['floor']:.1f} | {cell(r['fp32'])} | {cell(r['bf16'])} | "
+                     f"{cell(r['int8'])} | {cell(r['int4'])} | {ratio('fp32')} | {ratio('bf16')} | {ratio('int8')} | "
+                     f"{ratio('int4')} |")
+    if mini:
+        lines += ["", "MiniLM (all-MiniLM-L6-v2) end to end, sentence embeddings (`zoo.minilm.run`), ms per batch; "
+                  "ours: the 36 encoder Linear layers at 4 bits (group 64), 2 bits nested in the same weights:", "",
+                  "| batch x tokens | model | ms | spread |", "|---|---|---:|---:|"]
+        lines += [f"| {r['batch']} | {r['model']} | {cell(r['t'], fmt='{:.2f}')} | {r['spread']:.0%} |" for r in mini]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace the text between the kernels markers (appending a '## Kernels' section with them if absent)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START not in text or END not in text:
+        text = text.rstrip("\n") + f"\n\n## Kernels\n\n{START}\n{END}\n"
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    path.write_text(pattern.sub(lambda _: f"{START}\n{body}\n{END}", text, count=1))
+
+
+def machine(bw: float) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = dispatch.describe()
+    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"native ISA {info.get('isa')}; copy bandwidth {bw:.1f} GB/s (read + write)")
 
 
 def main() -> None:
@@ -123,21 +241,32 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=None, help=f"names from {list(SHAPES)}")
     ap.add_argument("--rows", nargs="*", type=int, default=[1, 8, 128])
     ap.add_argument("--bits", nargs="*", type=int, default=[1, 2, 3, 4, 8])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rotate-mb", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch (and so our) threads; 1 gives steadier numbers when other jobs share the cores")
     ap.add_argument("--quick", action="store_true", help="3 repeats, a subset of shapes")
+    ap.add_argument("--no-minilm", dest="minilm", action="store_false", help="skip the MiniLM end-to-end timing")
+    ap.add_argument("--write", type=Path, default=None, help="markdown file whose kernels section to replace")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*deprecated.*")  # torch.ao's dynamic quantisation notices
     if args.quick:
         args.repeats = 3
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     names = args.shapes or (list(QUICK) if args.quick else list(SHAPES))
+    start = time.perf_counter()
     bw = copy_bandwidth_gbs()
-    info = dispatch.describe()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; native={info['native']} "
-          f"isa={info.get('isa')} ({info.get('reason') or 'ok'}); copy bandwidth {bw:.1f} GB/s (read+write)")
-    for name in names:
-        n, k = SHAPES[name]
-        run_shape(name, n, k, args, bw)
+    print(machine(bw), flush=True)
+    rows = [r for name in names for r in run_shape(name, *SHAPES[name], args, bw)]
+    mini = minilm_rows(args) if args.minilm else []
+    if args.write is not None:
+        argv = " ".join(a for a in __import__("sys").argv[1:])
+        header = {"command": f"python benchmarks/kernels.py {argv}".strip(), "machine": machine(bw),
+                  "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "minutes": f"{(time.perf_counter() - start) / 60:.1f}", "repeats": str(args.repeats)}
+        write_section(args.write, markdown(rows, mini, header))
+        print(f"wrote the kernels section of {args.write}")
 
 
 if __name__ == "__main__":

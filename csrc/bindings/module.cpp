@@ -27,8 +27,9 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
     const int64_t m = (int64_t)x.shape(0), k = (int64_t)x.shape(1);
     const int64_t NB = (n + 15) / 16, KB = (k + 7) / 8, NG = (int64_t)scales.shape(1);
     need(n >= 1 && k >= 1, "empty weight");
-    need((int64_t)planes.shape(0) == NB && (int64_t)planes.shape(2) == KB && planes.shape(3) == 16,
-         "planes must be [ceil(N/16), bits, ceil(K/8), 16]");
+    const int64_t Q = (KB + 3) / 4;
+    need((int64_t)planes.shape(0) == NB && (int64_t)planes.shape(2) == Q && planes.shape(3) == 64,
+         "planes must be [ceil(N/16), bits, ceil(K/32), 64]");
     const int bits = (int)planes.shape(1);
     need(active_bits >= 1 && active_bits <= bits && bits <= 8, "active_bits must be in 1..bits (<= 8)");
     need((int64_t)scales.shape(0) == NB && scales.shape(2) == 16, "scales must be [ceil(N/16), n_groups, 16]");
@@ -38,7 +39,11 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
     need(!input_scale || (int64_t)input_scale->shape(0) == k, "input_scale must be [K]");
     need(!bias || (int64_t)bias->shape(0) == n, "bias must be [N]");
     need((int64_t)y.shape(0) == m && (int64_t)y.shape(1) == n, "y must be [M, N]");
-    need(kernel == BF_KERNEL_LUT || kernel == BF_KERNEL_DEQUANT, "kernel must be 0 (lut) or 1 (dequant)");
+    need(kernel >= BF_KERNEL_LUT32 && kernel <= BF_KERNEL_INT8,
+         "kernel must be 0 (lut32), 1 (dequant), 2 (lut8) or 3 (int8)");
+    need(kernel != BF_KERNEL_LUT8 || NG == 1 || group_kb % 4 == 0,
+         "the lut8 kernel needs one group per row or a group size that is a multiple of 32");
+    need(k < (1 << 17), "K must be below 131072 (int32 sums of the integer kernels)");
     need(isa >= 0 && isa < BF_ISA_COUNT && bf::isa_supported(isa), "this ISA path does not run on this CPU");
     bf_linear_args a{};
     a.x = x.data(); a.m = m; a.k = k; a.n = n;
@@ -52,11 +57,43 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
     bf::linear(a, isa, threads);
 }
 
+// The same call on raw addresses: nanobind's ndarray conversion costs ~1.5 us per array, a tenth of a
+// 4096x4096 GEMV. Only bitsfusion/kernels/native.py calls it, after checking every tensor (dtype, device,
+// shape, contiguity, alignment) and the shapes of its own repacked weights; the values here are trusted.
+static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int bits, uintptr_t scales,
+                       uintptr_t szs, int64_t n_groups, uintptr_t input_scale, uintptr_t bias, uintptr_t y,
+                       int64_t n, int active_bits, int64_t group_kb, int kernel, int isa, int threads,
+                       uintptr_t scales_h, uintptr_t zeros_h) {
+    need(n >= 1 && k >= 1 && k < (1 << 17) && m >= 0, "bad sizes");
+    need(active_bits >= 1 && active_bits <= bits && bits <= 8, "active_bits must be in 1..bits (<= 8)");
+    need(kernel >= BF_KERNEL_LUT32 && kernel <= BF_KERNEL_INT8, "unknown kernel");
+    need(kernel != BF_KERNEL_LUT8 || n_groups == 1 || group_kb % 4 == 0, "lut8 needs whole quartets a group");
+    need(group_kb >= 1 && n_groups == ((k + 7) / 8 + group_kb - 1) / group_kb, "n_groups does not match group_kb");
+    need(isa >= 0 && isa < BF_ISA_COUNT && bf::isa_supported(isa), "this ISA path does not run on this CPU");
+    need(x && planes && scales && szs && y, "null address");
+    bf_linear_args a{};
+    a.x = (const float*)x; a.m = m; a.k = k; a.n = n;
+    a.input_scale = (const float*)input_scale;
+    a.planes = (const uint8_t*)planes; a.bits = bits; a.active_bits = active_bits;
+    a.scales = (const float*)scales; a.szs = (const float*)szs; a.n_groups = n_groups; a.group_kb = group_kb;
+    a.bias = (const float*)bias;
+    a.y = (float*)y; a.kernel = kernel;
+    need((scales_h == 0) == (zeros_h == 0), "scales_h and zeros_h come together");
+    a.scales_h = (const uint16_t*)scales_h; a.zeros_h = (const uint16_t*)zeros_h;
+    if (m == 0) return;
+    nb::gil_scoped_release release;
+    bf::linear(a, isa, threads);
+}
+
 NB_MODULE(_C, mod) {
-    mod.doc() = "BitsFusion native low-bit CPU kernels (bit-serial LUT GEMV, dequantised-tile GEMM)";
+    mod.doc() = "BitsFusion native low-bit CPU kernels (bit-serial LUT GEMV: int8 or fp32 tables; int8-activation and dequantised-tile GEMM)";
     mod.def("linear", &linear, nb::arg("x"), nb::arg("planes"), nb::arg("scales"), nb::arg("szs"),
             nb::arg("input_scale").none(), nb::arg("bias").none(), nb::arg("y"), nb::arg("n"),
             nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"), nb::arg("isa"), nb::arg("threads"));
+    mod.def("linear_raw", &linear_raw, nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("planes"), nb::arg("bits"),
+            nb::arg("scales"), nb::arg("szs"), nb::arg("n_groups"), nb::arg("input_scale"), nb::arg("bias"),
+            nb::arg("y"), nb::arg("n"), nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"),
+            nb::arg("isa"), nb::arg("threads"), nb::arg("scales_h") = 0, nb::arg("zeros_h") = 0);
     mod.def("isa_supported", &bf::isa_supported, nb::arg("isa"));
     mod.def("best_isa", &bf::best_isa);
     mod.def("isa_name", [](int isa) { return std::string(bf::isa_name(isa)); }, nb::arg("isa"));
@@ -70,6 +107,8 @@ NB_MODULE(_C, mod) {
     mod.attr("ISA_SCALAR") = (int)BF_ISA_SCALAR;
     mod.attr("ISA_AVX2") = (int)BF_ISA_AVX2;
     mod.attr("ISA_AVX512") = (int)BF_ISA_AVX512;
-    mod.attr("KERNEL_LUT") = (int)BF_KERNEL_LUT;
+    mod.attr("KERNEL_LUT32") = (int)BF_KERNEL_LUT32;
     mod.attr("KERNEL_DEQUANT") = (int)BF_KERNEL_DEQUANT;
+    mod.attr("KERNEL_LUT8") = (int)BF_KERNEL_LUT8;
+    mod.attr("KERNEL_INT8") = (int)BF_KERNEL_INT8;
 }

@@ -4,10 +4,11 @@
 // inline symbol shared between units compiled with different -m flags (the linker could otherwise keep an
 // AVX-512 copy for the scalar path). Uses no standard-library templates for the same reason.
 //
-// LUT kernel (M <= 8, bit-serial, T-MAC style, fp32 tables): per 4 activations t the 16 partial sums
+// Plane bytes are read with O::bytes4(vec, p): byte p of each of the 16 32-bit lanes of a 64-byte vector.
+// LUT32 kernel (M <= 8, bit-serial, T-MAC style, fp32 tables, exact): per 4 activations t the 16 partial sums
 // tables[m][t][v]; the nibble of plane j for 16 rows indexes them with one lane-wise table lookup
 // (vpermps), planes combine MSB first by Horner (d = 2d + p_j), the group scale and zero come last.
-// Dequant kernel (any M): a 16-row tile is dequantised to fp32 [K8][16] once and multiplied by
+// DEQUANT kernel (any M, exact): a 16-row tile is dequantised to fp32 [K8][16] once and multiplied by
 // 8 activation rows at a time with broadcast FMAs.
 #pragma once
 #include <stdint.h>
@@ -15,28 +16,37 @@
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t kbytes(const bf_linear_args* a) { return (a->k + 7) / 8; }
+static inline int64_t kquarts(const bf_linear_args* a) { return (kbytes(a) + 3) / 4; }
+// Byte kb of plane j of block blk (16 rows at a 4-byte stride): the 64-byte vector and the lane byte.
+static inline const uint8_t* plane_vec(const uint8_t* pj, int64_t kb) { return pj + 64 * (kb >> 2); }
 
 template <class O>
 static void prepare(const bf_linear_args* a, float* xs, float* xsum, float* tables) {
     using V = typename O::V;
-    const int64_t KB = kbytes(a), K8 = 8 * KB, NG = a->n_groups;
+    const int64_t KB = kbytes(a), K8 = 8 * KB, K32 = 32 * kquarts(a), NG = a->n_groups;
     for (int64_t m = 0; m < a->m; ++m) {
-        float* xm = xs + m * K8;
+        float* xm = xs + m * K32;
         const float* src = a->x + m * a->k;
-        for (int64_t k = 0; k < a->k; ++k) xm[k] = a->input_scale ? src[k] * a->input_scale[k] : src[k];
-        for (int64_t k = a->k; k < K8; ++k) xm[k] = 0.0f;
-        for (int64_t g = 0; g < NG; ++g) {
+        if (a->input_scale) {
+            const float* is = a->input_scale;
+            for (int64_t k = 0; k < a->k; ++k) xm[k] = src[k] * is[k];
+        } else {
+            for (int64_t k = 0; k < a->k; ++k) xm[k] = src[k];
+        }
+        for (int64_t k = a->k; k < K32; ++k) xm[k] = 0.0f;
+        for (int64_t g = 0; g < NG; ++g) {  // groups span whole bytes: 8 partial sums, no serial chain
             const int64_t k1 = imin((g + 1) * a->group_kb * 8, K8);
-            float s = 0.0f;
-            for (int64_t k = g * a->group_kb * 8; k < k1; ++k) s += xm[k];
-            xsum[m * NG + g] = s;
+            float s8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            for (int64_t k = g * a->group_kb * 8; k < k1; k += 8)
+                for (int i = 0; i < 8; ++i) s8[i] += xm[k + i];
+            xsum[m * NG + g] = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
         }
         if (!tables) continue;
         float bitf[4][16];  // bitf[i][v] = bit i of v
         for (int i = 0; i < 4; ++i)
             for (int v = 0; v < 16; ++v) bitf[i][v] = (float)((v >> i) & 1);
         const V b0 = O::load(bitf[0]), b1 = O::load(bitf[1]), b2 = O::load(bitf[2]), b3 = O::load(bitf[3]);
-        float* tm = tables + m * 2 * KB * 16;
+        float* tm = tables + m * (K32 / 4) * 16;
         for (int64_t t = 0; t < 2 * KB; ++t) {
             const float* x4 = xm + 4 * t;
             V v = O::mul(O::set1(x4[0]), b0);
@@ -71,7 +81,7 @@ static inline void lut_plane(const uint8_t* pj, const float* tables, int64_t tst
     int64_t kb = kb0;
     for (; kb + U <= kb1; kb += U) {
         for (int u = 0; u < U; ++u) {
-            const I lo = O::bytes(pj + 16 * (kb + u));
+            const I lo = O::bytes4(plane_vec(pj, kb + u), (int)((kb + u) & 3));
             const I hi = O::shr4(lo);
             for (int mm = 0; mm < MT; ++mm) {
                 const float* t = tables + mm * tstride + 32 * (kb + u);
@@ -81,7 +91,7 @@ static inline void lut_plane(const uint8_t* pj, const float* tables, int64_t tst
         }
     }
     for (; kb < kb1; ++kb) {
-        const I lo = O::bytes(pj + 16 * kb);
+        const I lo = O::bytes4(plane_vec(pj, kb), (int)(kb & 3));
         const I hi = O::shr4(lo);
         for (int mm = 0; mm < MT; ++mm) {
             const float* t = tables + mm * tstride + 32 * kb;
@@ -98,8 +108,8 @@ static inline void lut_plane(const uint8_t* pj, const float* tables, int64_t tst
 template <class O, int MT>
 static void lut_block(const bf_linear_args* a, const float* xsum, const float* tables, int64_t nb, int64_t m0) {
     using V = typename O::V;
-    const int64_t KB = kbytes(a), NG = a->n_groups, tstride = 32 * KB;
-    const uint8_t* blk = a->planes + nb * a->bits * KB * 16;
+    const int64_t KB = kbytes(a), Q = kquarts(a), NG = a->n_groups, tstride = 128 * Q;
+    const uint8_t* blk = a->planes + nb * a->bits * Q * 64;
     const float* sc = a->scales + nb * NG * 16;
     const float* sz = a->szs + nb * NG * 16;
     const float* tb = tables + m0 * tstride;
@@ -109,7 +119,7 @@ static void lut_block(const bf_linear_args* a, const float* xsum, const float* t
         const int64_t kb0 = g * a->group_kb, kb1 = imin(kb0 + a->group_kb, KB);
         for (int mm = 0; mm < MT; ++mm) d[mm] = O::zero();
         for (int j = 0; j < a->active_bits; ++j) {
-            lut_plane<O, MT>(blk + j * KB * 16, tb, tstride, kb0, kb1, p);
+            lut_plane<O, MT>(blk + j * Q * 64, tb, tstride, kb0, kb1, p);
             for (int mm = 0; mm < MT; ++mm) d[mm] = O::add(O::add(d[mm], d[mm]), p[mm]);
         }
         const V s = O::load(sc + 16 * g), z = O::load(sz + 16 * g);
@@ -126,8 +136,8 @@ template <class O>
 static void dequant_tile(const bf_linear_args* a, int64_t nb, float* tile) {
     using V = typename O::V;
     using I = typename O::I;
-    const int64_t KB = kbytes(a), NG = a->n_groups;
-    const uint8_t* blk = a->planes + nb * a->bits * KB * 16;
+    const int64_t KB = kbytes(a), Q = kquarts(a), NG = a->n_groups;
+    const uint8_t* blk = a->planes + nb * a->bits * Q * 64;
     for (int64_t g = 0; g < NG; ++g) {
         const V s = O::load(a->scales + (nb * NG + g) * 16);
         const V nz = O::neg(O::load(a->szs + (nb * NG + g) * 16));
@@ -136,7 +146,7 @@ static void dequant_tile(const bf_linear_args* a, int64_t nb, float* tile) {
             I c[8];
             for (int i = 0; i < 8; ++i) c[i] = O::izero();
             for (int j = 0; j < a->active_bits; ++j) {
-                const I v = O::bytes(blk + (j * KB + kb) * 16);
+                const I v = O::bytes4(plane_vec(blk + j * Q * 64, kb), (int)(kb & 3));
                 for (int i = 0; i < 8; ++i) c[i] = O::push_bit(c[i], v, i);
             }
             for (int i = 0; i < 8; ++i) O::store(tile + (8 * kb + i) * 16, O::fmadd(s, O::to_float(c[i]), nz));
@@ -147,13 +157,13 @@ static void dequant_tile(const bf_linear_args* a, int64_t nb, float* tile) {
 template <class O, int MT>
 static void gemm_micro(const bf_linear_args* a, const float* xs, const float* tile, int64_t nb, int64_t m0) {
     using V = typename O::V;
-    const int64_t K8 = 8 * kbytes(a);
+    const int64_t K8 = 8 * kbytes(a), K32 = 32 * kquarts(a);
     V acc[MT];
     for (int mm = 0; mm < MT; ++mm) acc[mm] = O::zero();
-    const float* xm = xs + m0 * K8;
+    const float* xm = xs + m0 * K32;
     for (int64_t k = 0; k < K8; ++k) {
         const V w = O::load(tile + 16 * k);
-        for (int mm = 0; mm < MT; ++mm) acc[mm] = O::fmadd(O::set1(xm[mm * K8 + k]), w, acc[mm]);
+        for (int mm = 0; mm < MT; ++mm) acc[mm] = O::fmadd(O::set1(xm[mm * K32 + k]), w, acc[mm]);
     }
     for (int mm = 0; mm < MT; ++mm) store_rows<O>(a, nb, m0 + mm, acc[mm]);
 }
@@ -186,7 +196,7 @@ template <class O>
 static void rows(const bf_linear_args* a, const float* xs, const float* xsum, const float* tables,
                  int64_t nb_begin, int64_t nb_end, float* tile) {
     for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
-        if (a->kernel == BF_KERNEL_LUT) {
+        if (a->kernel == BF_KERNEL_LUT32) {
             for (int64_t m0 = 0; m0 < a->m; m0 += 8) by_rows<O, LutF>(imin(8, a->m - m0), a, xsum, tables, nb, m0);
         } else {
             dequant_tile<O>(a, nb, tile);

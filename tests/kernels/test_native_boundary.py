@@ -17,13 +17,15 @@ from bitsfusion.types import QScheme
 from tests.kernels.native_helpers import needs_native, random_packed
 
 
-def test_repacked_planes_put_sixteen_rows_side_by_side() -> None:
-    qweight = torch.randint(0, 256, (3, 20, 2), dtype=torch.uint8)
+def test_repacked_planes_put_sixteen_rows_of_four_bytes_side_by_side() -> None:
+    qweight = torch.randint(0, 256, (3, 20, 5), dtype=torch.uint8)  # K = 40: 5 plane bytes a row
     planes = repack_planes(qweight)
-    assert planes.shape == (2, 3, 2, 16)
-    assert planes[1, 0, 1, 3] == qweight[0, 19, 1]
-    assert torch.equal(planes[0].permute(0, 2, 1), qweight[:, :16])
-    assert int(planes[1, :, :, 4:].abs().sum()) == 0  # rows 20..31 are padding
+    assert planes.shape == (2, 3, 2, 64)  # [ceil(20/16), bits, ceil(5/4), 16 rows x 4 bytes]
+    assert planes[1, 0, 1, 4 * 3 + 0] == qweight[0, 19, 4]  # the module docstring's example
+    blocks = planes.view(2, 3, 2, 16, 4)
+    assert torch.equal(blocks[0, :, 0].permute(0, 1, 2), qweight[:, :16, :4])
+    assert int(blocks[1, :, :, 4:].abs().sum()) == 0  # rows 20..31 are padding
+    assert int(blocks[:, :, 1, :, 1:].abs().sum()) == 0  # plane bytes 5..7 are padding
 
 
 @needs_native
@@ -36,17 +38,20 @@ def test_repack_is_cached_and_switching_precision_does_not_repack() -> None:
     packed.qweight.zero_()  # an in-place write (e.g. load_state_dict) invalidates the cache
     assert kernel_weight(packed) is not kw
     x = torch.randn(2, 64)
-    assert torch.allclose(native.linear(x, packed), reference.linear(x, packed), rtol=1e-5, atol=1e-5)
+    exact = native.linear(x, packed, kernel="lut32")  # the fp32-table kernel: equal up to summation order
+    assert torch.allclose(exact, reference.linear(x, packed), rtol=1e-5, atol=1e-5)
 
 
 @needs_native
 def test_concurrent_calls_from_threads_equal_serial_calls() -> None:
+    """Several Python threads on one layer (and the native worker pool): every kernel, every precision."""
     packed = random_packed(QScheme(3, group_size=64, grid="asymmetric", nested=(1, 2)), 300, 1000)
     xs = [torch.randn(m, 1000) for m in (1, 4, 8, 16, 1, 32, 2, 9)]
-    jobs = [(x, b) for x in xs for b in (1, 2, 3)]
-    serial = [dispatch.linear(x, packed, None, b) for x, b in jobs]
+    jobs = [(x, b, k) for x in xs for b in (1, 2, 3) for k in ("lut", "lut32", "int8", "dequant")]
+    run = lambda job: native.linear(job[0], packed, None, job[1], kernel=job[2])  # noqa: E731
+    serial = [run(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        parallel = list(pool.map(lambda job: dispatch.linear(job[0], packed, None, job[1]), jobs))
+        parallel = list(pool.map(run, jobs))
     assert all(torch.equal(s, p) for s, p in zip(serial, parallel))
 
 
@@ -59,6 +64,10 @@ def test_bad_inputs_raise_before_any_pointer_is_touched() -> None:
         native.linear(torch.randn(3, 41), packed)
     with pytest.raises(ConfigError, match="runs at \\[2, 4\\] bits"):
         native.linear(good, packed, None, 3)
+    with pytest.raises(KernelUnavailable, match="multiple of 32"):
+        native.linear(good, random_packed(QScheme(4, group_size=8), 20, 40), kernel="lut")
+    with pytest.raises(ConfigError, match="not one of"):
+        native.run(good, kw, packed, None, 4, "fast", "scalar", 1)
     with pytest.raises(ConfigError, match="float32/float16/bfloat16"):
         native.linear(good.double(), packed)
     with pytest.raises(ConfigError, match="contiguous"):

@@ -1,9 +1,11 @@
 // Narrow C ABI between the dispatcher and the per-ISA kernels of bitsfusion._C.
 //
 // Kernel weight layout (made by bitsfusion/kernels/repack.py from the canonical bit-planes):
-//   planes  uint8 [NB][bits][KB][16]   NB = ceil(N/16) row blocks, KB = ceil(K/8) bytes a row.
-//           planes[nb][j][kb][r] = canonical qweight[j, 16*nb + r, kb]  (plane j = bit b-1-j, MSB first;
-//           bit i of the byte is element k = 8*kb + i). Rows past N are zero.
+//   planes  uint8 [NB][bits][Q][16][4]   NB = ceil(N/16) row blocks, KB = ceil(K/8) bytes a row,
+//           Q = ceil(KB/4) "quartets" of 4 plane bytes (32 elements of K) per row.
+//           planes[nb][j][q][r][p] = canonical qweight[j, 16*nb + r, 4*q + p]  (plane j = bit b-1-j, MSB
+//           first; bit i of the byte is element k = 8*(4q+p) + i). Rows past N and bytes past KB are zero.
+//           One 64-byte vector holds, for 16 rows, 4 consecutive plane bytes of each row in one 32-bit lane.
 //   scales  float [NB][NG][16]   scale of precision b' per (row, group);  szs = scale * zero (same layout).
 // A group covers bytes [g*group_kb, (g+1)*group_kb) of a row: group_size must be a multiple of 8,
 // or the layer has one group (group_kb = KB).
@@ -18,13 +20,15 @@ extern "C" {
 #endif
 
 enum bf_isa { BF_ISA_SCALAR = 0, BF_ISA_AVX2 = 1, BF_ISA_AVX512 = 2, BF_ISA_COUNT = 3 };
-enum bf_kernel { BF_KERNEL_LUT = 0, BF_KERNEL_DEQUANT = 1 };
+// LUT32: fp32 tables (exact). DEQUANT: fp32 dequantised tiles (exact). LUT8: int8 tables (T-MAC style,
+// table rounding error). INT8: activations quantised to int8 per row, integer dot products.
+enum bf_kernel { BF_KERNEL_LUT32 = 0, BF_KERNEL_DEQUANT = 1, BF_KERNEL_LUT8 = 2, BF_KERNEL_INT8 = 3 };
 
 typedef struct bf_linear_args {
     const float* x;            // [m, k] row-major
     int64_t m, k, n;
     const float* input_scale;  // [k] or NULL
-    const uint8_t* planes;     // [NB][bits][KB][16]
+    const uint8_t* planes;     // [NB][bits][Q][16][4]
     int32_t bits, active_bits; // stored planes, planes read (1..bits)
     const float* scales;       // [NB][NG][16]
     const float* szs;          // [NB][NG][16]
@@ -32,18 +36,50 @@ typedef struct bf_linear_args {
     const float* bias;         // [n] or NULL
     float* y;                  // [m, n] row-major
     int32_t kernel;            // bf_kernel
+    // Optional (LUT8 on AVX-512 reads them when set): the same scales, and the zeros, as float16 [NB][NG][16];
+    // s * z is formed in fp32 in the kernel, which equals szs, and halves the bytes a GEMV streams besides planes.
+    const uint16_t* scales_h;
+    const uint16_t* zeros_h;
 } bf_linear_args;
 
-// Per-call scratch sizes (floats), all owned by the caller.
-//   xs     [m][K8]            x' padded with zeros to K8 = 8*KB
-//   xsum   [m][NG]            per-group sums of x'
-//   tables [m][2*KB][16]      LUT kernel only: tables[m][t][v] = sum_{i<4, bit i of v} x'[m, 4t+i]
-//   tile   [K8][16]           dequant kernel only, one per worker thread
+// Per-call scratch, all owned by the caller (K32 = 32*Q, the padded K; T = K32/4 tables a row).
+//   fp32 kernels (LUT32, DEQUANT):
+//     xs     float [m][K32]        x' padded with zeros
+//     xsum   float [m][NG]         per-group sums of x'
+//     tables float [m][T][16]      LUT32 only: tables[m][t][v] = sum_{i<4, bit i of v} x'[m, 4t+i]
+//     tile   float [K32][16]       DEQUANT only, one per worker thread
+//   LUT8 (needs NG == 1 or group_kb % 4 == 0, so that a group is whole quartets):
+//     xsum   float [m][NG]         as above
+//     tab8   uint8 [m][Q][2][4][16] tab8[m][q][h][p][v] = e of table t = 8q + 2p + h (h: low/high nibble)
+//     tpar   float [m][NG][2]      (sc, off): table t's entry v stands for sc*e + neg_t, off = sum_{t in g} neg_t
+//     dacc   int32 [8][NG][16]     per worker thread: per-group integer sums while planes stream by
+//   INT8:
+//     xq     int8  [m][K32]        round(x' / sx[m]), |xq| <= 127, zero past K
+//     sx     float [m]             max_k |x'[m,k]| / 127
+//     xqsum  int32 [m][NG]         per-group sums of xq
+//     xqt    int8  [K32/4][m][4]   xq by k-quad, for the AVX-512 GEMM (one pointer for all its rows)
+//     tile8  uint8 [2][8Q][16][4]  per worker thread: codes of two row blocks, 4 consecutive k per lane,
+//            then float [m][32] accumulators (AVX-512 path)
+typedef struct bf_q8_scratch {
+    float* xs;        // [m][K32] x' padded (both)
+    float* xsum;
+    uint8_t* tab8;
+    float* tpar;
+    float* tstat;     // [2][T] LUT8 only: per-table sum |x| and neg_t of one row (reused per row)
+    int8_t* xq;
+    int8_t* xqt;      // [K32/4][m][4] INT8 only: xq with the 4 values of a k-quad of all rows side by side
+    float* sx;
+    int32_t* xqsum;
+} bf_q8_scratch;
+
 typedef struct bf_isa_impl {
     const char* name;
     void (*prepare)(const bf_linear_args* a, float* xs, float* xsum, float* tables);
     void (*rows)(const bf_linear_args* a, const float* xs, const float* xsum, const float* tables,
                  int64_t nb_begin, int64_t nb_end, float* tile);
+    void (*prepare_q8)(const bf_linear_args* a, const bf_q8_scratch* s);
+    // work: dacc (LUT8) or tile8 (INT8) of this worker
+    void (*rows_q8)(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb_begin, int64_t nb_end, void* work);
 } bf_isa_impl;
 
 extern const bf_isa_impl bf_impl_scalar;

@@ -4,14 +4,21 @@ Importing this module warns once when ``_C`` is missing (``native kernels unavai
 torch reference``); ``available()`` says whether it loaded, and ``kernels.dispatch`` then uses
 ``kernels.reference`` everywhere.
 
-Kernels (``csrc/core/kernel_impl.h``), both fp32 throughout and equal to the reference up to summation order:
+Kernels (``csrc/core/kernel_impl.h``, ``csrc/core/q8_*.h``, ``csrc/isa/*/q8_*.cpp``; docs/KERNELS.md):
 
-- ``lut`` (bit-serial, for ``M <= 8`` rows): per 4 activations the 16 partial sums
-  ``T[t][v] = sum_{i: bit i of v} x'[4t+i]`` are built once per call (fp32); for each of the first
-  ``active_bits`` planes each row's nibble indexes ``T`` (``vpermps``), planes combine MSB first
-  (``d = 2d + p_j``), then ``y = sum_g s*d_g - s*z*sum_{k in g} x'_k + bias``. Cost grows with ``active_bits``.
+- ``lut`` (bit-serial GEMV, the default for ``M <= 4`` rows, T-MAC style): per 4 activations the 16 partial
+  sums ``T[t][v] = sum_{i: bit i of v} x'[4t+i]`` are built once per call and quantised to uint8 with one
+  scale per weight group; each plane's nibbles index them (``vpermb`` on AVX-512 VBMI, ``vpshufb`` on AVX2),
+  ``vpdpbusd`` sums them in int32, planes combine MSB first (``d = 2d + p_j``), then
+  ``y = sum_g s*(sc*d + (2^b'-1)*off) - s*z*sum_{k in g} x'_k + bias``. Error bounded by
+  ``reference.lut8_error_bound``; cost grows with ``active_bits``. Needs groups of a multiple of 32.
+- ``lut32``: the same with fp32 tables (``vpermps``), exact up to fp32 summation order.
+- ``int8`` (GEMM, the default for more rows): ``x'`` quantised per row to int8 (``reference.quantize_activations``),
+  tiles of codes unpacked to uint8 and multiplied with ``vpdpbusd`` (AVX-512 VNNI; ``vpmaddwd`` on AVX2);
+  zero points are corrected exactly with the int sums of ``xq``. Equal to
+  ``reference.linear_int8_activations`` up to fp32 rounding.
 - ``dequant`` (GEMM, any ``M``): a 16-row tile ``s*c' - s*z`` is dequantised to fp32 once, then multiplied
-  by 8 activation rows at a time.
+  by 8 activation rows at a time; exact up to fp32 summation order.
 
 ``x' = x * input_scale`` when the weight stores AWQ's per-column factor. Activations of dtype float16 or
 bfloat16 are computed in float32 and cast back. Work is split by 16-row blocks over
@@ -29,9 +36,10 @@ from ..pack.packed import PackedWeight
 from . import isa as _isa
 from .repack import KernelWeight, kernel_weight, unsupported_reason
 
-__all__ = ["available", "unavailable_reason", "linear", "run", "KERNELS"]
+__all__ = ["available", "unavailable_reason", "linear", "run", "default_kernel", "KERNELS"]
 
-KERNELS: tuple[str, ...] = ("lut", "dequant")
+KERNELS: tuple[str, ...] = ("lut", "lut32", "int8", "dequant")
+_CODES = {"lut32": 0, "dequant": 1, "lut": 2, "int8": 3}  # bf_kernel in csrc/include/bitsfusion/kernels.h
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 if _isa.NATIVE is None:
@@ -87,15 +95,29 @@ def run(x2d: torch.Tensor, kw: KernelWeight, packed: PackedWeight, bias: torch.T
     if active_bits not in packed.scheme.precisions:
         raise ConfigError(f"native: this {packed.scheme} weight runs at {list(packed.scheme.precisions)} bits, "
                           f"not {active_bits!r}; store more precisions with QScheme(nested=...)")
-    scales, szs = kw.precision(packed, active_bits)
+    if kernel == "lut" and kw.lut8_reason is not None:
+        raise KernelUnavailable(f"native: the lut kernel cannot run this weight: {kw.lut8_reason}")
+    sp, szp, sh, zh = kw.pointers(packed, active_bits)  # checked when made; float16 pair: lut only
+    if kernel != "lut":
+        sh = zh = 0
     y = torch.empty((x2d.shape[0], kw.n), dtype=torch.float32)
-    mod.linear(x2d, kw.planes, scales, szs, kw.input_scale, bias, y, kw.n, active_bits, kw.group_kb,
-               KERNELS.index(kernel), _isa.isa_code(isa), max(1, int(threads)))
+    inp = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
+    mod.linear_raw(x2d.data_ptr(), x2d.shape[0], kw.k, kw.planes.data_ptr(), kw.bits, sp, szp, kw.n_groups, inp,
+                   0 if bias is None else bias.data_ptr(), y.data_ptr(), kw.n, active_bits, kw.group_kb, _CODES[kernel], _isa.isa_code(isa), max(1, int(threads)), sh, zh)
     return y
 
 
+def default_kernel(rows: int, kw: KernelWeight, exact: bool = False, lut_max_rows: int = 4) -> str:
+    """The kernel for ``rows`` rows of ``x``: table lookup up to ``lut_max_rows``, else a GEMM; ``exact``
+    avoids the int8 tables and int8 activations (``lut32`` / ``dequant``)."""
+    if rows <= lut_max_rows:
+        return "lut32" if exact or kw.lut8_reason is not None else "lut"
+    return "dequant" if exact else "int8"
+
+
 def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
-           active_bits: int | None = None, *, kernel: str | None = None, isa: str | None = None) -> torch.Tensor:
+           active_bits: int | None = None, *, kernel: str | None = None, isa: str | None = None,
+           _kw: KernelWeight | None = None) -> torch.Tensor:
     """``y = x @ W'^T + bias`` natively: the signature and result of ``kernels.reference.linear``.
 
     Args:
@@ -104,18 +126,23 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
             or one group per row).
         bias: ``[N]`` or None.
         active_bits: a precision in ``packed.scheme.precisions``; None means every stored bit.
-        kernel: ``"lut"`` or ``"dequant"``; None picks ``lut`` for at most 8 rows, else ``dequant``.
+        kernel: one of ``KERNELS``; None picks as ``dispatch.choose_kernel`` (``lut`` or ``lut32`` for at most
+            4 rows, else ``int8``).
         isa: ``"scalar"``, ``"avx2"``, ``"avx512"``; None: ``$BITSFUSION_ISA`` or the best one here.
 
     Raises:
         KernelUnavailable: ``_C`` is not built, the ISA path does not run here, or the weight is not
             bit-planes the kernels take (``repack.unsupported_reason``).
         ConfigError: wrong feature count, dtype, device, precision, or an ``x`` that needs grad.
+
+    ``_kw`` (internal): the repacked weight when ``kernels.dispatch`` has already looked it up and checked
+    ``repack.unsupported_reason``, saving that work on every call.
     """
     isa_name = _isa.selected_isa(isa)
-    reason = unsupported_reason(packed)
-    if reason is not None:
-        raise KernelUnavailable(f"native kernels cannot run this weight: {reason}")
+    if _kw is None:
+        reason = unsupported_reason(packed)
+        if reason is not None:
+            raise KernelUnavailable(f"native kernels cannot run this weight: {reason}")
     n, k = packed.shape
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != k:
         got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -129,6 +156,7 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
         x2d = x2d.clone()
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     bits = packed.scheme.bits if active_bits is None else active_bits
-    chosen = kernel if kernel is not None else ("lut" if x2d.shape[0] <= 8 else "dequant")
-    y = run(x2d, kernel_weight(packed), packed, b, bits, chosen, isa_name, torch.get_num_threads())
+    kw = _kw if _kw is not None else kernel_weight(packed)
+    chosen = kernel if kernel is not None else default_kernel(x2d.shape[0], kw)
+    y = run(x2d, kw, packed, b, bits, chosen, isa_name, torch.get_num_threads())
     return y.reshape(*lead, n).to(x.dtype)

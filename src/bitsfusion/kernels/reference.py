@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..pack.packed import PackedWeight
+from ..quant.codes import dequantize_codes
 
-__all__ = ["linear", "conv2d", "dequantized_weight"]
+__all__ = ["linear", "conv2d", "dequantized_weight", "quantize_activations", "linear_int8_activations",
+           "lut8_error_bound"]
 
 IntPair = int | tuple[int, int]
 
@@ -106,3 +108,67 @@ def conv2d(
                           f"expected [out={n}, in/groups, kh, kw] with in/groups * kh * kw = {k}")
     weight = dequantized_weight(packed, active_bits, x.dtype).view(weight_shape)
     return F.conv2d(x, weight, _bias(bias, x), stride, padding, dilation, groups)
+
+
+def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 of ``x' = x * input_scale`` exactly as the native ``int8`` kernel does it.
+
+    ``sx = max_k |x'[m, k]| / 127`` (float32), ``xq = round_half_even(x' / sx)`` in ``[-127, 127]``
+    (0 for an all-zero row). Returns ``(xq, sx)``: float32 ``[M, K]`` holding integers, and ``[M, 1]``.
+    """
+    xf = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    if input_scale is not None:
+        xf = xf * input_scale.to(torch.float32)
+    sx = xf.abs().amax(dim=1, keepdim=True) / 127.0
+    xq = torch.where(sx > 0, torch.round(xf / torch.where(sx > 0, sx, 1.0)), 0.0)
+    return xq, sx
+
+
+def linear_int8_activations(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
+                            active_bits: int | None = None) -> torch.Tensor:
+    """The oracle of the native ``int8`` kernel: ``y = (sx * xq) @ (s * (c' - z))^T + bias`` in float64.
+
+    ``xq, sx = quantize_activations(x, input_scale)``; the weight is dequantised without ``input_scale``
+    (the kernel folds it into ``x``). Returns float32 ``[..., N]``.
+    """
+    n, k = packed.shape
+    if x.shape[-1] != k:
+        raise ConfigError(f"linear_int8_activations: input has {x.shape[-1]} features, the weight takes {k}")
+    bits = packed.scheme.bits if active_bits is None else active_bits
+    scales, zeros = packed.scale_zero(bits)
+    scheme = packed.scheme.replace(bits=bits, nested=())
+    w = dequantize_codes(packed.codes(bits), scales, zeros, scheme, dtype=torch.float64)
+    xq, sx = quantize_activations(x, getattr(packed, "input_scale", None))
+    y = (xq.double() * sx.double()) @ w.T
+    if bias is not None:
+        y = y + bias.double()
+    return y.to(torch.float32).reshape(*x.shape[:-1], n)
+
+
+def lut8_error_bound(x: torch.Tensor, packed: PackedWeight, active_bits: int | None = None) -> torch.Tensor:
+    """``[M, N]`` worst-case error of the native ``lut`` kernel (uint8 tables) against ``linear``.
+
+    Per weight group ``g`` of row ``n`` the kernel replaces each of its ``T_g = ceil(|g| / 4)`` table
+    lookups (one per 4 activations and plane) by an entry rounded to the grid ``sc_g = max_t sum_{i in t}
+    |x'_i| / 255``, an error of at most ``sc_g / 2``; plane ``j`` weighs ``2^(b'-1-j)``, so
+    ``|err[m, n]| <= sum_g |s[n, g]| * (2^b' - 1) * T_g * sc_g[m] / 2``. Random rounding makes the typical
+    error about ``1/sqrt(3 T_g)`` of this (docs/KERNELS.md).
+    """
+    n, k = packed.shape
+    bits = packed.scheme.bits if active_bits is None else active_bits
+    xf = x.reshape(-1, k).to(torch.float64)
+    inp = getattr(packed, "input_scale", None)
+    if inp is not None:
+        xf = xf * inp.to(torch.float64)
+    k32 = -(-k // 32) * 32
+    xp = F.pad(xf, (0, k32 - k))
+    t_range = xp.abs().view(xp.shape[0], -1, 4).sum(-1)  # [M, K32/4]
+    groups = packed.scheme.n_groups(k)
+    per_t = (k32 // 4) if groups == 1 else packed.scheme.group_size // 4  # type: ignore[operator]
+    bound = torch.zeros(xp.shape[0], n, dtype=torch.float64)
+    s, _ = packed.scale_zero(bits)
+    for g in range(groups):
+        t0, t1 = g * per_t, (k32 // 4 if g == groups - 1 else (g + 1) * per_t)
+        sc = t_range[:, t0:t1].amax(dim=1) / 255.0  # [M]
+        bound += sc[:, None] * (s[:, g].abs().double() * ((1 << bits) - 1) * (t1 - t0) / 2)[None, :]
+    return bound

@@ -1,4 +1,8 @@
-"""``QLinear``: ``nn.Linear`` with a packed weight, run through ``kernels.reference.linear``."""
+"""``QLinear``: ``nn.Linear`` with a packed weight, run through ``kernels.dispatch.linear``.
+
+``dispatch.linear`` runs the native kernels (``bitsfusion._C``) when they can take the call and falls back
+to ``kernels.reference.linear`` otherwise (no extension, autograd, a weight layout the kernels lack).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..kernels import reference
+from ..kernels import dispatch
 from ..types import QScheme
 from .qmodule import QModule, register_qmodule
 
@@ -21,7 +25,15 @@ class QLinear(QModule):
     Input float ``[..., in_features]``, output ``[..., out_features]`` in the input's dtype. The
     bias stays a float parameter (default float32). An AWQ scheme adds the buffer ``input_scale``
     (float16 ``[in_features]``), folded into ``W'`` (``W'[:, k] *= input_scale[k]``) at every precision.
+
+    Run-time options (plain attributes, not saved in the artifact): ``exact = True`` keeps this layer off
+    the int8 kernels (fp32 tables and activations: ``lut32`` / ``dequant``), for layers whose quality
+    int8 activations would hurt; ``kernel`` forces a kernel name of ``kernels.dispatch.KERNEL_CHOICES``
+    (None: ``$BITSFUSION_KERNEL`` or the choice by shape).
     """
+
+    exact: bool = False
+    kernel: str | None = None
 
     def __init__(
         self,
@@ -57,7 +69,7 @@ class QLinear(QModule):
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reference.linear(x, self.packed, self.bias, self._active_bits)
+        return dispatch.linear(x, self.packed, self.bias, self._active_bits, kernel=self.kernel, exact=self.exact)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
