@@ -27,11 +27,13 @@ def test_help_lists_every_command(runner: CliRunner) -> None:
         ["quantize", "tiny"],
         ["eval", "x", "--active-bits", "12"],
         ["inspect"],
-        ["demo", "--bits", "nine"],
+        ["demo", "--avg-bits", "two"],
+        ["demo", "--avg-bits", "0.5"],
+        ["demo", "--candidate-bits", "1,9"],
         ["frobnicate"],
     ],
     ids=["bits-9", "bits-0", "bad-grid", "bad-method", "bad-nested", "negative-group", "no-out", "active-bits-12",
-         "inspect-no-dir", "demo-bad-bits", "unknown-command"],
+         "inspect-no-dir", "demo-bad-bits", "demo-tiny-budget", "demo-bad-candidates", "unknown-command"],
 )
 def test_bad_arguments_exit_2(runner: CliRunner, args: list[str]) -> None:
     result = runner.invoke(app, args)

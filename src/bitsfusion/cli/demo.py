@@ -1,12 +1,17 @@
-"""``bitsfusion demo``: MiniLM at 4 bits, end to end, from float weights to a reloaded artifact.
+"""``bitsfusion demo``: MiniLM mixed precision end to end, from float weights to a reloaded artifact.
 
 Steps (each timed): build the pretrained fp32 all-MiniLM-L6-v2; embed the 1000 evaluation
-sentences with it; quantize a copy (every encoder Linear and the pooler; default 4 bits,
-groups of 64, symmetric grid, ALS scales); save the artifact (to ``--out`` or a temporary
+sentences with it; **analyze** the 36 encoder Linear layers (the loss of the embeddings with one
+layer quantized, for every candidate: ``--candidate-bits`` x groups of 128 or per channel, GPTQ;
+8 calibration batches for the loss, 32 for the input Hessians; none of them evaluation sentences);
+**allocate** one candidate per layer, exactly, under ``--avg-bits`` stored bits per weight (every
+byte counted); **quantize** a copy by that plan; save the artifact (to ``--out`` or a temporary
 directory); load it from disk into a fresh skeleton; embed the sentences again and compare.
+For contrast, a copy with every layer at ``round(avg_bits)`` bits, round-to-nearest (asymmetric,
+group 64, ALS scales: the best uniform choice measured), is evaluated beside it.
 
-The table puts the artifact beside the fp32 model: bits per quantized weight with every
-overhead counted, encoder Linear bytes, the whole model on disk (the artifact keeps the
+The table puts the artifact beside the fp32 model and the uniform one: bits per quantized weight with
+every overhead counted, encoder Linear bytes, the whole model on disk (the artifact keeps the
 embeddings and LayerNorms in float32, as stored), mean / 5th-percentile embedding cosine and
 top-10 neighbour overlap.
 """
@@ -22,13 +27,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..nn import load, quantize_, save
+from ..allocate import allocate
+from ..analysis import default_candidates, measure_sensitivity
+from ..nn import collect_hessians, load, quantize_, save
 from ..pack.accounting import packed_nbytes
 from ..pack.io import artifact_nbytes, read_manifest
 from ..plan import BitPlan
-from ..types import Grid, QScheme, ScaleMethod
+from ..types import Calibration, Grid, QScheme, ScaleMethod
 from ..zoo import get_model_spec
 from ..zoo.minilm import model_dir, reference_embeddings
+from .analyze import HESSIAN_BATCHES, parse_bits
 from .evaluate import Stages
 from .inspect import fmt_bytes
 
@@ -48,42 +56,67 @@ def _layer_bytes(manifest: dict[str, Any], prefix: str) -> tuple[int, int]:
     return weights, nbytes
 
 
-def demo_rows(manifest: dict[str, Any], artifact: Path, scores: dict[str, float]) -> list[tuple[str, str, str]]:
-    """``(quantity, fp32, bitsfusion)`` rows of the demo table, from the saved manifest and the scores."""
+LOSS_BATCHES = 8
+
+
+def demo_rows(manifest: dict[str, Any], artifact: Path, scores: dict[str, float], uniform: dict[str, Any]
+              ) -> list[tuple[str, str, str, str]]:
+    """``(quantity, fp32, uniform, bitsfusion)`` rows of the demo table, from the saved manifest and scores.
+
+    ``uniform``: ``bits_per_weight``, ``nbytes`` and the scores of the uniform round-to-nearest copy.
+    """
     q_weights, q_bytes = _layer_bytes(manifest, "")
     enc_weights, enc_bytes = _layer_bytes(manifest, ENCODER_PREFIX)
     fp32_file = (model_dir() / "model.safetensors").stat().st_size
     disk = artifact_nbytes(artifact)
+    u = uniform
     return [
-        ("bits per quantized weight (all overhead)", "32", f"{8 * q_bytes / q_weights:.3f}"),
-        ("quantized layers / weights", "-", f"{len(manifest['layers'])} / {q_weights:,}"),
-        ("encoder Linear bytes", fmt_bytes(4 * enc_weights), f"{fmt_bytes(enc_bytes)} ({4 * enc_weights / enc_bytes:.2f}x)"),
-        ("whole model on disk", fmt_bytes(fp32_file), f"{fmt_bytes(disk)} ({fp32_file / disk:.2f}x)"),
-        ("mean cosine to fp32", "1", f"{scores['mean_cos']:.5f}"),
-        ("5th-percentile cosine", "1", f"{scores['p5_cos']:.5f}"),
-        ("top-10 neighbour overlap", "1", f"{scores['top10_overlap']:.4f}"),
+        ("bits per quantized weight (all overhead)", "32", f"{u['bits_per_weight']:.3f}", f"{8 * q_bytes / q_weights:.3f}"),
+        ("quantized layers / weights", "-", f"{len(manifest['layers'])} / {q_weights:,}",
+         f"{len(manifest['layers'])} / {q_weights:,}"),
+        ("encoder Linear bytes", fmt_bytes(4 * enc_weights), fmt_bytes(u["nbytes"]),
+         f"{fmt_bytes(enc_bytes)} ({4 * enc_weights / enc_bytes:.2f}x)"),
+        ("whole model on disk", fmt_bytes(fp32_file), "-", f"{fmt_bytes(disk)} ({fp32_file / disk:.2f}x)"),
+        ("mean cosine to fp32", "1", f"{u['mean_cos']:.5f}", f"{scores['mean_cos']:.5f}"),
+        ("5th-percentile cosine", "1", f"{u['p5_cos']:.5f}", f"{scores['p5_cos']:.5f}"),
+        ("top-10 neighbour overlap", "1", f"{u['top10_overlap']:.4f}", f"{scores['top10_overlap']:.4f}"),
     ]
 
 
 def demo_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="keep the artifact here (default: a temp dir)"),
-    bits: int = typer.Option(4, min=1, max=8, help="bits per weight code"),
-    group_size: int = typer.Option(64, "--group-size", min=1, help="weights per scale along K"),
+    avg_bits: float = typer.Option(2.0, "--avg-bits", min=1.1, max=8.5,
+                                   help="budget: average stored bits per weight, every overhead counted"),
+    candidate_bits: str = typer.Option("1,2,3,4", "--candidate-bits", callback=parse_bits,
+                                       help="bit widths each layer may get"),
+    sens: Optional[Path] = typer.Option(None, "--sens", help="keep (and resume) the sensitivity table here"),
 ) -> None:
-    """Quantize MiniLM, save, reload from disk and evaluate it against fp32 on 1000 sentences."""
+    """Analyze, allocate and quantize MiniLM to --avg-bits, save, reload from disk, evaluate on 1000 sentences."""
     console = Console()
     stages = Stages(console)
     spec = get_model_spec("minilm")
-    scheme = QScheme(bits=bits, group_size=group_size, grid=Grid.SYMMETRIC, method=ScaleMethod.ALS)
+    candidates = default_candidates(candidate_bits, group_sizes=(128, None), calibrations=(Calibration.GPTQ,))
+    uniform_scheme = QScheme(bits=max(1, min(8, round(avg_bits))), group_size=64, grid=Grid.ASYMMETRIC,
+                             method=ScaleMethod.ALS)
+    skip = BitPlan(default=candidates[0], rules={p: None for p in spec.default_skip})
     with tempfile.TemporaryDirectory(prefix="bitsfusion-demo-") as tmp:
-        path = out if out is not None else Path(tmp) / f"minilm-{bits}bit"
+        path = out if out is not None else Path(tmp) / f"minilm-{avg_bits:g}bit"
         with stages.stage("build: fp32 all-MiniLM-L6-v2"):
             reference = spec.build()
         with stages.stage("reference: embed 1000 sentences in fp32"):
             reference_embeddings(reference)
-        with stages.stage(f"quantize: {scheme}", spinner=False):
+        h_batches = spec.calibration(HESSIAN_BATCHES)
+        with stages.stage(f"analyze: {len(candidates)} candidates per layer", spinner=False):
+            table = measure_sensitivity(reference, spec.calibration(LOSS_BATCHES), candidates, run=spec.run,
+                                        include=lambda name, _: skip.resolve(name) is not None, path=sens,
+                                        hessian_batches=h_batches)
+        with stages.stage(f"allocate: exact, <= {avg_bits:g} stored bits per weight"):
+            plan = allocate(table, avg_bits=avg_bits)
+        with stages.stage("quantize: GPTQ by the plan", spinner=False):
+            hessians = collect_hessians(reference, h_batches, forward=spec.run, names=list(plan.choices),
+                                        progress=False)
             model = copy.deepcopy(reference)
-            quantize_(model, BitPlan(default=scheme, rules={p: None for p in spec.default_skip}), progress=True)
+            quantize_(model, plan.plan(), progress=True, hessians=hessians)
         with stages.stage(f"save: {path}"):
             save(model, path, source={"zoo": "minilm"})
         del model
@@ -91,13 +124,29 @@ def demo_command(
             loaded = load(path, model=spec.build())
         with stages.stage("evaluate: embed 1000 sentences with the artifact, compare"):
             scores = spec.evaluate(reference, loaded)
-        rows = demo_rows(read_manifest(path), path, scores)
-    table = Table(title=f"all-MiniLM-L6-v2, {scheme}", title_justify="left")
-    table.add_column("")
-    table.add_column("fp32", justify="right")
-    table.add_column("bitsfusion", justify="right")
+        with stages.stage(f"contrast: uniform {uniform_scheme}, round to nearest"):
+            uniform_model = copy.deepcopy(reference)
+            report = quantize_(uniform_model, BitPlan(default=None, rules={n: uniform_scheme for n in plan.choices}),
+                               progress=False)
+            uniform = {**spec.evaluate(reference, uniform_model), "nbytes": report.totals()["packed_bytes"],
+                       "bits_per_weight": report.totals()["bits_per_weight"]}
+        rows = demo_rows(read_manifest(path), path, scores, uniform)
+    view = Table(title=f"all-MiniLM-L6-v2: mixed precision at <= {avg_bits:g} stored bits per weight",
+                 title_justify="left")
+    for col, justify in (("", "left"), ("fp32", "right"), (f"uniform {uniform_scheme.bits}-bit RTN", "right"),
+                         ("bitsfusion mixed + GPTQ", "right")):
+        view.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(*row)
-    console.print(table)
+        view.add_row(*row)
+    console.print(view)
+    mix = ", ".join(f"{n} x {k}" for k, n in sorted(_counts(plan.choices).items()))
+    console.print(f"plan: {mix}", highlight=False)
     times = ", ".join(f"{name.split(':')[0]} {sec:.1f} s" for name, sec in stages.times.items())
     console.print(f"times: {times}; total {sum(stages.times.values()):.1f} s", highlight=False)
+
+
+def _counts(choices: dict[str, QScheme]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in choices.values():
+        out[str(s)] = out.get(str(s), 0) + 1
+    return out
