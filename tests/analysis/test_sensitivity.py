@@ -207,3 +207,26 @@ def test_resume_refuses_other_hessian_batches(tiny_spec, tmp_path) -> None:
     with pytest.raises(ConfigError, match="hessian_batches is empty"):
         measure_sensitivity(tiny_spec.build(), tiny_spec.calibration(1), [scheme], run=tiny_spec.run,
                             hessian_batches=[], progress=False)
+
+
+@pytest.mark.parametrize("proxy", ["input_weighted", "hawq"])
+def test_proxy_tables_need_no_pass_per_cell(tiny_spec, tiny_table, proxy) -> None:
+    """``loss="proxy:..."``: cells are the proxy values a measured table records beside its losses."""
+    calls = {"n": 0}
+
+    def counting_run(model, batch):
+        calls["n"] += 1
+        return tiny_spec.run(model, batch)
+
+    batches = tiny_spec.calibration(2)
+    table = measure_sensitivity(tiny_spec.build(), batches, tiny_table.schemes, run=counting_run,
+                                loss=f"proxy:{proxy}", progress=False)
+    assert table.metric == f"proxy:{proxy}" and table.is_complete()
+    cells = len(table.layers) * len(table.schemes)
+    assert calls["n"] < cells, (calls, cells)  # reference pass and replay checks only, none per cell
+    for name in table.layers:
+        for key, value in table.loss[name].items():
+            assert value == pytest.approx(tiny_table.proxies[proxy][name][key], rel=1e-6)
+    assert "proxy_spearman" not in table.meta
+    with pytest.raises(ConfigError, match="unknown proxy"):
+        measure_sensitivity(tiny_spec.build(), batches, [QScheme(2)], run=tiny_spec.run, loss="proxy:magic")

@@ -115,7 +115,8 @@ def analyze_command(
     group_size: str = typer.Option("64", "--group-size",
                                    help="weights per scale along K, 0 = per channel; several compete: 64,128,0"),
     calibration: str = typer.Option("none", help="quantizers competing per bit width, e.g. none,gptq"),
-    loss: str = typer.Option("mse", help="output loss: mse, cosine (1 - cosine) or kl"),
+    loss: str = typer.Option("mse", help="output loss: mse, cosine (1 - cosine), kl; or a proxy, no pass per "
+                                         "cell: proxy:input_weighted, proxy:hawq"),
     batches: int = typer.Option(8, help="calibration batches the loss of every cell is measured on"),
     hessian_batches: int = typer.Option(HESSIAN_BATCHES, "--hessian-batches",
                                         help="calibration batches the GPTQ/AWQ input Hessians come from"),

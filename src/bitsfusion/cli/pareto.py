@@ -67,6 +67,9 @@ def plot_pareto(
 def measured_losses(table: SensitivityTable, front: list[TableAllocation]) -> list[float]:
     """Measured loss of each plan on the model the table names (``meta['model']``), whole plan at once."""
     model, loss, batches = table.meta.get("model"), table.meta.get("loss", table.metric), table.meta.get("batches")
+    if isinstance(loss, str) and loss.startswith("proxy:"):
+        raise ConfigError(f"--check compares predicted with measured output loss, and this table holds {loss} "
+                          "values, not an output loss: analyze with --loss mse (or cosine, kl) to check additivity")
     if not isinstance(model, str) or loss not in LOSSES or not isinstance(batches, int):
         raise ConfigError("--check needs a table made by `bitsfusion analyze` (it records the model, loss and "
                           "batches); this one does not")
