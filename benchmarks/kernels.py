@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import datetime as dt
 import platform
 import re
@@ -194,8 +195,9 @@ def cell(v: float | None, scale: float = 1e3, fmt: str = "{:.3f}") -> str:
 
 def markdown(rows: list[dict], mini: list[dict], header: dict[str, str]) -> str:
     lines = [f"Command: `{header['command']}`  ", f"Machine: {header['machine']}  ",
-             f"Date: {header['date']}; whole run {header['minutes']} min. Spread: (max - min) / median of "
-             f"{header['repeats']} passes (another job shared the two cores: read the times as rough).", "",
+             f"Date: {header['date']}; whole run {header['minutes']} min; **{header['threads']} threads** (ours and "
+             f"torch's); 1-minute load average {header['load']}. Spread: (max - min) / median of "
+             f"{header['repeats']} passes.", "",
              "Times in ms per call (weights rotated through > 96 MB, so read from DRAM); `x fp32` etc.: their time / "
              "ours (> 1: ours faster); floor: our bytes / copy bandwidth.", "",
              "| layer N x K | M | bits | ours (kernel) | ours ms | spread | floor ms | x floor | fp32 | bf16 | "
@@ -256,6 +258,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     names = args.shapes or (list(QUICK) if args.quick else list(SHAPES))
     start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     bw = copy_bandwidth_gbs()
     print(machine(bw), flush=True)
     rows = [r for name in names for r in run_shape(name, *SHAPES[name], args, bw)]
@@ -264,7 +267,9 @@ def main() -> None:
         argv = " ".join(a for a in __import__("sys").argv[1:])
         header = {"command": f"python benchmarks/kernels.py {argv}".strip(), "machine": machine(bw),
                   "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  "minutes": f"{(time.perf_counter() - start) / 60:.1f}", "repeats": str(args.repeats)}
+                  "minutes": f"{(time.perf_counter() - start) / 60:.1f}", "repeats": str(args.repeats),
+                  "threads": str(torch.get_num_threads()),
+                  "load": f"{load_start:.2f} before the run, {os.getloadavg()[0]:.2f} after it (this run included)"}
         write_section(args.write, markdown(rows, mini, header))
         print(f"wrote the kernels section of {args.write}")
 

@@ -101,7 +101,7 @@ NB_MODULE(_C, mod) {
         const bf::CpuFeatures f = bf::cpu_features();
         nb::dict d;
         d["avx2"] = f.avx2; d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512dq"] = f.avx512dq;
-        d["avx512vl"] = f.avx512vl; d["avx512vnni"] = f.avx512vnni; d["avx512vbmi"] = f.avx512vbmi;
+        d["avx512vl"] = f.avx512vl; d["avx512vnni"] = f.avx512vnni; d["avx512vbmi"] = f.avx512vbmi; d["gfni"] = f.gfni;
         return d;
     });
     mod.attr("ISA_SCALAR") = (int)BF_ISA_SCALAR;

@@ -2,9 +2,14 @@
 // Compiled for baseline x86-64 (or whatever the target's default is): no ISA-specific code here.
 #include "dispatch.h"
 
+#include <dlfcn.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <memory>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -26,6 +31,7 @@ CpuFeatures cpu_features() {
     f.avx512vl = __builtin_cpu_supports("avx512vl");
     f.avx512vnni = __builtin_cpu_supports("avx512vnni");
     f.avx512vbmi = __builtin_cpu_supports("avx512vbmi");
+    f.gfni = __builtin_cpu_supports("gfni");
 #endif
     return f;
 }
@@ -62,13 +68,13 @@ const char* isa_name(int isa) {
     return (isa >= 0 && isa < BF_ISA_COUNT) ? names[isa] : "unknown";
 }
 
-// The integer kernels of the AVX-512 path need VNNI and VBMI; without them it runs AVX2's.
+// The integer kernels of the AVX-512 path need VNNI, VBMI and GFNI; without them it runs AVX2's.
 static const bf_isa_impl& q8_impl_of(int isa) {
     const bf_isa_impl& impl = impl_of(isa);
 #if defined(BF_X86)
     if (isa == BF_ISA_AVX512) {
         const CpuFeatures f = cpu_features();
-        if (!(f.avx512vnni && f.avx512vbmi)) return bf_impl_avx2;
+        if (!(f.avx512vnni && f.avx512vbmi && f.gfni)) return bf_impl_avx2;
     }
 #endif
     return impl;
@@ -77,6 +83,11 @@ static const bf_isa_impl& q8_impl_of(int isa) {
 // Persistent workers: starting a std::thread costs ~20 us, a fifth of a 4096x4096 GEMV. One call at a time
 // uses the pool (the others, from other Python threads, start their own threads as before); it is never
 // destroyed (threads may still wait on it at exit) and not used in a forked child (its threads are gone).
+// Hand-off: each worker has its own slot (job pointer + generation); a worker spins on its slot for up to
+// kSpinUs after its last job before it sleeps on a condition variable, and the caller spins likewise on the
+// count of unfinished workers. Waking a sleeping thread through the kernel took 10-30 us here, which made
+// two threads slower than one on MiniLM-sized layers (~50 us calls); a job's slot is written only by the
+// caller and only while that worker is idle, so a worker never sees another call's job.
 class Pool {
   public:
     static Pool& get() {
@@ -91,48 +102,118 @@ class Pool {
         {
             std::lock_guard<std::mutex> lk(m_);
             while ((int)workers_.size() < nt - 1) {
+                slots_.emplace_back(new Slot());
+                Slot* slot = slots_.back().get();
                 const int id = (int)workers_.size() + 1;
-                workers_.emplace_back([this, id] { loop(id); });
+                workers_.emplace_back([this, id, slot] { loop(id, slot); });
             }
-            job_ = &job;
-            n_ = nt;
-            pending_ = nt - 1;
-            ++gen_;
         }
-        wake_.notify_all();
+        pending_.store(nt - 1);
+        ++gen_;
+        for (int t = 1; t < nt; ++t) {
+            Slot& sl = *slots_[t - 1];
+            sl.job = &job;
+            sl.go.store(gen_);
+        }
+        if (sleepers_.load() > 0) {
+            { std::lock_guard<std::mutex> lk(m_); }
+            wake_.notify_all();
+        }
         job(0);
-        std::unique_lock<std::mutex> lk(m_);
-        done_.wait(lk, [this] { return pending_ == 0; });
-        job_ = nullptr;
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
+        for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+            if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) {
+                std::unique_lock<std::mutex> lk(m_);
+                done_.wait(lk, [this] { return pending_.load() == 0; });
+                break;
+            }
+            cpu_relax();
+        }
         return true;
     }
 
   private:
+    static constexpr int kSpinUs = 20;
+    struct alignas(64) Slot {
+        std::atomic<uint64_t> go{0};
+        const std::function<void(int)>* job = nullptr;
+    };
+    static void cpu_relax() {
+#if defined(BF_X86) && (defined(__GNUC__) || defined(__clang__))
+        __builtin_ia32_pause();
+#endif
+    }
     Pool() : pid_(getpid()) {}
-    void loop(int id) {
+    void loop(int id, Slot* slot) {
         uint64_t seen = 0;
         for (;;) {
-            const std::function<void(int)>* job;
-            {
-                std::unique_lock<std::mutex> lk(m_);
-                wake_.wait(lk, [&] { return gen_ != seen; });
-                seen = gen_;
-                if (id >= n_) continue;
-                job = job_;
+            uint64_t g = slot->go.load(std::memory_order_acquire);
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
+            for (int i = 0; g == seen; ++i) {
+                if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) {
+                    std::unique_lock<std::mutex> lk(m_);
+                    sleepers_.fetch_add(1);
+                    wake_.wait(lk, [&] { return (g = slot->go.load()) != seen; });
+                    sleepers_.fetch_sub(1);
+                    break;
+                }
+                cpu_relax();
+                g = slot->go.load(std::memory_order_acquire);
             }
-            (*job)(id);
-            std::lock_guard<std::mutex> lk(m_);
-            if (--pending_ == 0) done_.notify_one();
+            seen = g;
+            (*slot->job)(id);
+            if (pending_.fetch_sub(1) == 1) {
+                { std::lock_guard<std::mutex> lk(m_); }
+                done_.notify_one();
+            }
         }
     }
     const pid_t pid_;
     std::mutex busy_, m_;
     std::condition_variable wake_, done_;
     std::vector<std::thread> workers_;
-    const std::function<void(int)>* job_ = nullptr;
-    int n_ = 0, pending_ = 0;
-    uint64_t gen_ = 0;
+    std::vector<std::unique_ptr<Slot>> slots_;
+    std::atomic<int> pending_{0}, sleepers_{0};
+    uint64_t gen_ = 0;  // written under busy_
 };
+
+// The OpenMP runtime torch already loaded (libgomp.so.1 in torch's wheel), if any: a call run on its team uses
+// the very threads torch's own ops just ran on. On two cores our pool's second thread and torch's OpenMP
+// worker (which spins after each torch op) otherwise fought over one core, and MiniLM-sized calls (~50 us)
+// took longer on two threads than on one. Looked up with RTLD_NOLOAD, never linked or loaded by us: without
+// torch in the process (the sanitizer test's child), or with $BITSFUSION_OWN_POOL=1, the pool above runs.
+struct Gomp {
+    void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;
+    int (*thread_num)() = nullptr;
+    int (*num_threads)() = nullptr;
+    static const Gomp& get() {
+        static const Gomp g = [] {
+            Gomp r;
+            const char* own = getenv("BITSFUSION_OWN_POOL");
+            if (own && own[0] && own[0] != '0') return r;
+            void* h = dlopen("libgomp.so.1", RTLD_LAZY | RTLD_NOLOAD);
+            if (!h) return r;
+            r.parallel = (void (*)(void (*)(void*), void*, unsigned, unsigned))dlsym(h, "GOMP_parallel");
+            r.thread_num = (int (*)())dlsym(h, "omp_get_thread_num");
+            r.num_threads = (int (*)())dlsym(h, "omp_get_num_threads");
+            if (!r.parallel || !r.thread_num || !r.num_threads) r = Gomp();
+            return r;
+        }();
+        return g;
+    }
+};
+
+struct GompJob {
+    const std::function<void(int)>* job;
+    int nt;
+    const Gomp* g;
+};
+static void gomp_body(void* p) {
+    const GompJob& j = *(const GompJob*)p;
+    // The team may be smaller than asked (nested region, thread limit): each member takes every T-th part.
+    const int t = j.g->thread_num(), T = std::max(1, j.g->num_threads());
+    for (int id = t; id < j.nt; id += T) (*j.job)(id);
+}
 
 // Runs body(t, nb0, nb1) over row blocks [0, NB) on nt workers (the calling thread is worker 0);
 // `align` keeps every range but the last a multiple of it (the INT8 kernel takes blocks in pairs).
@@ -146,6 +227,12 @@ static void fan_out(int64_t NB, int nt, int64_t align, F body) {
     };
     if (nt == 1) return range(0);
     const std::function<void(int)> job = range;
+    const Gomp& g = Gomp::get();
+    if (g.parallel) {
+        GompJob j{&job, nt, &g};
+        g.parallel(gomp_body, &j, (unsigned)nt, 0);
+        return;
+    }
     if (Pool::get().run(nt, job)) return;
     std::vector<std::thread> pool;
     pool.reserve(nt);
@@ -165,18 +252,52 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
     const int64_t Q = (a.k + 31) / 32, K32 = 32 * Q, NB = (a.n + 15) / 16, NG = a.n_groups, M = a.m;
     const bool lut = a.kernel == BF_KERNEL_LUT8;
     // Every allocation happens here, on the calling thread, so a bad_alloc surfaces as a Python MemoryError.
-    std::vector<float> xs(M * K32), xsum(M * NG), tpar(lut ? M * NG * 2 : 0), tstat(lut ? 2 * K32 / 4 : 0);
+    // INT8 without input_scale and with K a multiple of 32 quantises x itself (prepare_q8 sees xs == NULL): the
+    // padded copy x' of a 4096 x 1536 input is 25 MB written and read twice. The large buffers are left
+    // uninitialised (every element the kernels read is written by the preparation first; xqt's padding rows
+    // past M are never read): zero-filling them cost as much as the copy.
+    const bool direct = !lut && !a.input_scale && a.k == K32;
+    std::unique_ptr<float[]> xs(direct ? nullptr : new float[(size_t)(M * K32)]);
+    std::vector<float> xsum(M * NG), tpar(lut ? M * NG * 2 : 0), tstat(lut ? 2 * K32 / 4 : 0);
     std::vector<float> sx(lut ? 0 : M);
     std::vector<uint8_t> tab8(lut ? M * 128 * Q : 0);
-    std::vector<int8_t> xq(lut ? 0 : M * K32), xqt(lut ? 0 : M * K32);
+    std::unique_ptr<int8_t[]> xq(lut ? nullptr : new int8_t[(size_t)(M * K32)]);
+    std::unique_ptr<int8_t[]> xqt(lut ? nullptr : new int8_t[(size_t)((M + 5) / 6 * 6 * K32)]);
     std::vector<int32_t> xqsum(lut ? 0 : M * NG);
-    bf_q8_scratch s{xs.data(), xsum.data(), tab8.data(), tpar.data(), tstat.data(), xq.data(), xqt.data(), sx.data(),
-                    xqsum.data()};
-    impl.prepare_q8(&a, &s);
+    bf_q8_scratch s{xs.get(), xsum.data(), tab8.data(), tpar.data(), tstat.data(), xq.get(), xqt.get(), sx.data(),
+                    xqsum.data(), 0};
     const double work = (double)a.n * (double)K32 * (double)M * (lut ? a.active_bits / 8.0 : 1.0);
     const int nt = worker_count(threads, NB, work);
-    // LUT8: per-group int32 sums (portable/AVX2 paths); INT8: two blocks' codes, then fp32 [M][32] accumulators.
-    const size_t per_worker = lut ? (size_t)8 * NG * 16 * sizeof(int32_t) : (size_t)1024 * Q + (size_t)M * 32 * 4;
+    // The per-row preparation (x' copy, quantisation or tables) is split over the workers by rows of x when
+    // there is enough of it (0.35 ms at M = 128, K = 4096 on one thread); each range gets its own view of
+    // the scratch arrays (tstat, per-row reuse, one per worker).
+    const int npt = (int)std::min<int64_t>(nt, (M * K32) >= (1 << 16) ? M : 1);
+    if (npt <= 1) {
+        impl.prepare_q8(&a, &s);
+    } else {
+        std::vector<float> tstats(lut ? (size_t)npt * 2 * K32 / 4 : 0);
+        fan_out(M, npt, 1, [&](int t, int64_t m0, int64_t m1) {
+            bf_linear_args ar = a;
+            ar.x = a.x + m0 * a.k;
+            ar.m = m1 - m0;
+            bf_q8_scratch sr = s;
+            sr.xs = s.xs ? s.xs + m0 * K32 : nullptr;
+            sr.xsum = s.xsum + m0 * NG;
+            if (lut) {
+                sr.tab8 = s.tab8 + m0 * 128 * Q;
+                sr.tpar = s.tpar + m0 * NG * 2;
+                sr.tstat = tstats.data() + (size_t)t * 2 * K32 / 4;
+            } else {
+                sr.xq = s.xq + m0 * K32;
+                sr.xqt_m0 = m0;
+                sr.sx = s.sx + m0;
+                sr.xqsum = s.xqsum + m0 * NG;
+            }
+            impl.prepare_q8(&ar, &sr);
+        });
+    }
+    // LUT8: per-group int32 sums (portable/AVX2 paths); INT8: a panel of row-block pairs' codes.
+    const size_t per_worker = lut ? (size_t)8 * NG * 16 * sizeof(int32_t) : (size_t)1024 * Q * bf_int8_panel_pairs(Q);
     std::vector<std::vector<uint64_t>> work_buf(nt, std::vector<uint64_t>((per_worker + 7) / 8));
     fan_out(NB, nt, lut ? 1 : 2, [&](int t, int64_t b0, int64_t b1) {
         impl.rows_q8(&a, &s, b0, b1, work_buf[t].data());

@@ -6,7 +6,7 @@ namespace bf {
 
 struct CpuFeatures {
     bool avx2 = false, avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
-    bool avx512vnni = false, avx512vbmi = false;
+    bool avx512vnni = false, avx512vbmi = false, gfni = false;
 };
 
 CpuFeatures cpu_features();

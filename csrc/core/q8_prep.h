@@ -98,6 +98,10 @@ static void int8_quantize(const bf_linear_args* a, const float* xs, int8_t* xq, 
 
 template <class O>
 static void prepare_q8(const bf_linear_args* a, const bf_q8_scratch* s) {
+    if (!s->xs) {  // INT8, no input_scale, K = K32 (the dispatcher's choice): quantise x in place of x'
+        int8_quantize<O>(a, a->x, s->xq, s->sx, s->xqsum);
+        return;
+    }
     prepare<O>(a, s->xs, s->xsum, nullptr);  // x' padded to K32, per-group sums of x' (xsum: LUT8 only)
     if (a->kernel == BF_KERNEL_LUT8)
         lut8_tables<O>(a, s->xs, s->tab8, s->tpar, s->tstat);

@@ -57,20 +57,30 @@ typedef struct bf_linear_args {
 //     xq     int8  [m][K32]        round(x' / sx[m]), |xq| <= 127, zero past K
 //     sx     float [m]             max_k |x'[m,k]| / 127
 //     xqsum  int32 [m][NG]         per-group sums of xq
-//     xqt    int8  [K32/4][m][4]   xq by k-quad, for the AVX-512 GEMM (one pointer for all its rows)
-//     tile8  uint8 [2][8Q][16][4]  per worker thread: codes of two row blocks, 4 consecutive k per lane,
-//            then float [m][32] accumulators (AVX-512 path)
+//     xqt    int8  [ceil(m/6)][K32/4][6][4]  xq by tiles of 6 rows, then k-quad, for the AVX-512 GEMM: the 6 rows
+//            of its register tile read one contiguous stream (rows past m are not written nor read)
+//     tile8  uint8 [2P][8Q][16][4] per worker thread (P = bf_int8_panel_pairs(Q)): codes of P pairs of row
+//            blocks, 4 consecutive k per lane (AVX-512 path; AVX2: int16 codes of one block, 1024 Q bytes)
 typedef struct bf_q8_scratch {
-    float* xs;        // [m][K32] x' padded (both)
+    float* xs;        // [m][K32] x' padded (both); NULL for INT8 without input_scale when K = K32 (x is used)
     float* xsum;
     uint8_t* tab8;
     float* tpar;
     float* tstat;     // [2][T] LUT8 only: per-table sum |x| and neg_t of one row (reused per row)
     int8_t* xq;
-    int8_t* xqt;      // [K32/4][m][4] INT8 only: xq with the 4 values of a k-quad of all rows side by side
+    int8_t* xqt;      // [ceil(m/6)][K32/4][6][4] INT8 only (AVX-512): xq of 6 rows' k-quads side by side
     float* sx;
     int32_t* xqsum;
+    int64_t xqt_m0;   // the first row of this (part of a) call: a preparation of rows m0.. writes xqt (the
+                      // whole call's, not offset) at rows m0 + m
 } bf_q8_scratch;
+
+// Row-block pairs the AVX-512 INT8 GEMM unpacks at once (a panel of at most 256 KB of codes, at least one
+// pair; 1024 Q bytes a pair); its per-worker tile8 buffer is this many pairs.
+static inline int64_t bf_int8_panel_pairs(int64_t Q) {
+    const int64_t p = (int64_t)(256 << 10) / (1024 * Q);
+    return p < 1 ? 1 : p;
+}
 
 typedef struct bf_isa_impl {
     const char* name;

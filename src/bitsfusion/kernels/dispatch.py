@@ -43,6 +43,7 @@ KERNEL_CHOICES: tuple[str, ...] = ("auto", "lut", "lut32", "int8", "dequant", "r
 # 4 bits; M = 8 lut 2.11 ms vs int8 1.39 ms. The table kernel's cost grows with M, the GEMM's barely.
 LUT_MAX_ROWS = 4
 ENV_VAR = "BITSFUSION_KERNEL"
+_environ = os.environ
 
 
 def requested_kernel(kernel: str | None) -> str:
@@ -104,11 +105,19 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
     """``y = x @ W'^T + bias``, as ``kernels.reference.linear``, on the kernel ``choose_kernel`` picks.
 
     The same decision as ``choose_kernel`` without composing its explanation: a small layer's whole native
-    product takes a few microseconds, so the per-call Python work is kept to the checks themselves.
+    product takes a few microseconds, so the per-call Python work is kept to the checks themselves; the
+    common call (float32 contiguous ``x`` on a weight seen before) goes through ``native.fast_linear``, whose
+    weight-side checks are cached per weight and precision.
     """
-    want = _requested(kernel)
+    if kernel is None and not _environ.get(ENV_VAR):
+        want = "auto"
+    else:
+        want = _requested(kernel)
     if want == "reference":
         return reference.linear(x, packed, bias, active_bits)
+    y = native.fast_linear(x, packed, bias, active_bits, want, exact, LUT_MAX_ROWS)
+    if y is not None:  # the common call: checks cached per weight (native.fast_linear)
+        return y
     reason = fallback_reason(x, packed, bias)
     if reason is not None:
         if want == "auto" or unsupported_reason(packed) is not None:

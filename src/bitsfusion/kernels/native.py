@@ -160,3 +160,114 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
     chosen = kernel if kernel is not None else default_kernel(x2d.shape[0], kw)
     y = run(x2d, kw, packed, b, bits, chosen, isa_name, torch.get_num_threads())
     return y.reshape(*lead, n).to(x.dtype)
+
+
+# ---- per-call fast path --------------------------------------------------------------------------------------
+# A small layer's whole native product takes a few microseconds, so the Python work around it matters (it was
+# ~24 us a call: the env look-ups, the repack cache's stamps and weak-dict look-up, the scale stamps, dtype
+# copies). ``fast_linear`` runs the common call (float32 contiguous ``x``, float32 ``bias`` or None, a weight
+# already seen at this precision) with one cached entry per weight: the checks that depend only on the weight
+# (``unsupported_reason``, the repacked shapes, the scale tensors' layout, the precision) ran once when the
+# entry was made; per call it re-checks that the weight's tensors are the same objects at the same version
+# (in-place writes bump torch's version counter), and checks ``x`` and ``bias`` (dtype, device, shape,
+# contiguity, 4-byte alignment, grad). Anything else returns None and takes the checked path above.
+import os as _os
+import weakref as _weakref
+
+_FAST: dict[int, list] = {}
+_FAST_LOCK = __import__("threading").Lock()
+_ISA_ENV = _isa.ENV_VAR
+_F32 = torch.float32
+_PARAM = torch.nn.Parameter
+_NATIVE_CODES = {"lut": 2, "int8": 3, "lut32": 0, "dequant": 1}
+
+
+def _fast_entry(packed: PackedWeight, active_bits: int) -> tuple | None:
+    key = id(packed)
+    ent = _FAST.get(key)
+    qw = packed.qweight
+    inp = getattr(packed, "input_scale", None)
+    if ent is not None and ent[0]() is packed and ent[1] is qw and ent[2] == qw._version and ent[3] is inp \
+            and (inp is None or ent[4] == inp._version):
+        per = ent[5]
+    else:
+        if unsupported_reason(packed) is not None:
+            return None
+        kw = kernel_weight(packed)
+        if packed.qweight is not qw:
+            return None
+
+        def drop(_ref: object, key: int = key) -> None:
+            with _FAST_LOCK:
+                cur = _FAST.get(key)
+                if cur is not None and cur[0] is _ref:
+                    del _FAST[key]
+
+        per = {}
+        with _FAST_LOCK:
+            _FAST[key] = [_weakref.ref(packed, drop), qw, qw._version, inp, None if inp is None else inp._version,
+                          per, kw]
+    try:
+        scales, zeros = packed.scale_zero(active_bits)
+    except ConfigError:  # a precision the weight does not store: the checked path says so
+        return None
+    hit = per.get(active_bits)
+    if hit is not None and hit[0] is scales and hit[1] == scales._version and hit[2] is zeros and \
+            (zeros is None or hit[3] == zeros._version):
+        return hit[4]
+    kw = _FAST[key][6]
+    sp, szp, sh, zh = kw.pointers(packed, active_bits)  # shapes, dtypes, contiguity checked there
+    inp_ptr = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
+    info = (kw, sp, szp, sh, zh, inp_ptr, kw.planes.data_ptr(), kw.lut8_reason is None)
+    per[active_bits] = (scales, scales._version, zeros, None if zeros is None else zeros._version, info)
+    return info
+
+
+def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None, active_bits: int | None,
+                want: str, exact: bool, lut_max_rows: int) -> torch.Tensor | None:
+    """``y`` of the common call, or None when the checked path must run it (see above). ``want``: ``auto`` or
+    a native kernel name."""
+    mod = _isa.NATIVE
+    if mod is None or type(x) is not torch.Tensor or x.dtype is not _F32 or not x.is_cpu or x.dim() < 1:
+        return None
+    bits = packed.scheme.bits if active_bits is None else active_bits
+    info = _fast_entry(packed, bits)
+    if info is None:
+        return None
+    kw, sp, szp, sh, zh, inp_ptr, planes_ptr, lut8_ok = info
+    k = kw.k
+    if x.shape[-1] != k or not x.is_contiguous() or x.data_ptr() & 3:
+        return None
+    grad = torch.is_grad_enabled()
+    if grad and x.requires_grad:
+        return None
+    if bias is None:
+        bptr = 0
+    else:
+        if (type(bias) is not torch.Tensor and type(bias) is not _PARAM) or bias.dtype is not _F32 or not bias.is_cpu or bias.dim() != 1 or \
+                bias.shape[0] != kw.n or not bias.is_contiguous() or bias.data_ptr() & 3 or \
+                (grad and bias.requires_grad):
+            return None
+        bptr = bias.data_ptr()
+    rows = x.numel() // k
+    if rows == 0:
+        return None
+    if want == "auto":
+        if rows <= lut_max_rows:
+            want = "lut32" if exact or not lut8_ok else "lut"
+        else:
+            want = "dequant" if exact else "int8"
+    elif want == "lut" and not lut8_ok:
+        return None  # the checked path raises KernelUnavailable
+    isa_env = _os.environ.get(_ISA_ENV)
+    if isa_env:
+        return None
+    if want != "lut":
+        sh = zh = 0
+    y = x.new_empty(*x.shape[:-1], kw.n)  # float32 on CPU like x; ints, not a tuple: ~0.6 us cheaper
+    mod.linear_raw(x.data_ptr(), rows, k, planes_ptr, kw.bits, sp, szp, kw.n_groups, inp_ptr, bptr, y.data_ptr(),
+                   kw.n, bits, kw.group_kb, _NATIVE_CODES[want], _BEST_ISA, torch.get_num_threads(), sh, zh)
+    return y
+
+
+_BEST_ISA = -1 if _isa.NATIVE is None else int(_isa.NATIVE.best_isa())
