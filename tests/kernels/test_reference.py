@@ -14,23 +14,13 @@ from bitsfusion.pack.packed import PackedWeight
 from bitsfusion.quant.codes import QuantizedWeight
 from bitsfusion.types import Grid, QScheme
 from tests.conftest import GRID_BITS
+from tests.kernels import native_helpers
 
 
 def random_packed(scheme: QScheme, n: int, k: int, seed: int = 0) -> tuple[PackedWeight, torch.Tensor]:
-    """A PackedWeight of random codes and scales, and its codes ``[N, K]`` (int64) for hand maths."""
-    g = torch.Generator().manual_seed(seed)
-    groups = scheme.n_groups(k)
-    codes = torch.randint(0, scheme.levels, (n, k), generator=g).to(torch.uint8)
-
-    def scale_zero(bits: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s = (torch.rand(n, groups, generator=g) * 0.1 + 0.01).to(torch.float16)
-        z = torch.randint(0, 1 << bits, (n, groups), generator=g).to(torch.float16) if scheme.has_zeros else None
-        return s, z
-
-    scales, zeros = scale_zero(scheme.bits)
-    nested = {b: scale_zero(b) for b in scheme.nested}
-    qw = QuantizedWeight(codes, scales, zeros, scheme, nested)
-    return PackedWeight.from_quantized(qw), codes.to(torch.int64)
+    """``native_helpers.random_packed``'s weight, and its codes ``[N, K]`` (int64) for hand maths."""
+    packed = native_helpers.random_packed(scheme, n, k, seed)
+    return packed, packed.codes().to(torch.int64)
 
 
 def hand_weight(packed: PackedWeight, codes: torch.Tensor, bits: int) -> torch.Tensor:
