@@ -27,8 +27,8 @@ import copy
 import os
 import datetime as dt
 import platform
-import re
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -218,12 +218,11 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str]) -> str:
 
 
 def write_section(path: Path, body: str) -> None:
-    """Replace the text between the kernels markers (appending a '## Kernels' section with them if absent)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n## Kernels\n\n{START}\n{END}\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    path.write_text(pattern.sub(lambda _: f"{START}\n{body}\n{END}", text, count=1))
+    """Replace the kernels section of ``path`` (atomically; see ``quality.write_section``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import quality
+
+    quality.write_section(path, body, START, END, "## Kernels")
 
 
 def machine(bw: float) -> str:
