@@ -177,7 +177,7 @@ def budget_limits(
         else:
             limits["paper_bits"] = float(avg_bits * params)
     if max_bytes is not None:
-        limits["bytes"] = min(limits.get("bytes", math.inf), float(math.floor(max_bytes)))
+        limits["bytes"] = min(limits.get("bytes", math.inf), float(math.floor(max_bytes + 1e-9)))
     return limits
 
 

@@ -51,7 +51,8 @@ def solve_dp(
     """Minimum-loss allocation with ``sum cost[resource] <= budget``, exactly (see module doc)."""
     problem.check_budgets({resource: budget})
     costs = _integer_costs(problem, resource, resolution)
-    limit = math.floor(budget if resolution is None else budget / resolution + 1e-9)
+    # the same 1e-9 tolerance as every feasibility check: a budget a rounding error below a plan's cost admits it
+    limit = math.floor((budget if resolution is None else budget / resolution) + 1e-9)
     base = sum(int(c.min()) for c in costs)
     if base > limit:
         raise BudgetInfeasible(
