@@ -1,7 +1,8 @@
 """``set_active_bits(model, bits)``: run every quantized layer of a model at a lower precision.
 
 A layer stored at ``b`` bits runs at ``min(bits, b)``: its top planes with that precision's
-scales (``QModule.set_active_bits``). Nothing is repacked or copied, so switching back and forth
+scales (``QModule.set_active_bits``); a fake-quant layer in training (``train.qat``) likewise.
+Nothing is repacked or copied, so switching back and forth
 is free. All layers are checked before any is switched: either every layer switches or none.
 """
 
@@ -11,13 +12,15 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..types import MAX_BITS, MIN_BITS
-from .qmodule import QModule
+from .precision import SwitchablePrecision
 
 __all__ = ["set_active_bits", "active_bits_of"]
 
 
 def set_active_bits(model: nn.Module, bits: int) -> dict[str, int]:
-    """Run every ``QModule`` of ``model`` at ``min(bits, its stored bits)``; returns ``{fqn: bits now active}``.
+    """Run every quantized layer of ``model`` at ``min(bits, its stored bits)``; returns ``{fqn: bits now active}``.
+
+    Quantized layers are ``QModule``s and the fake-quant layers of training (``SwitchablePrecision``).
 
     ``ConfigError`` when ``bits`` is not in 1..8, when the model holds no quantized layer, or when
     a layer does not store the precision it would need, naming the layer and its precisions
@@ -25,7 +28,7 @@ def set_active_bits(model: nn.Module, bits: int) -> dict[str, int]:
     """
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ConfigError(f"active bits must be an int in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    layers = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, QModule)]
+    layers = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, SwitchablePrecision)]
     if not layers:
         raise ConfigError("the model has no quantized layers: run quantize_ (or load an artifact) first")
     wanted = {fqn: min(bits, m.scheme.bits) for fqn, m in layers}
@@ -43,4 +46,4 @@ def set_active_bits(model: nn.Module, bits: int) -> dict[str, int]:
 
 def active_bits_of(model: nn.Module) -> dict[str, int]:
     """``{fqn: active bits}`` of every quantized layer."""
-    return {fqn: m.active_bits for fqn, m in model.named_modules() if isinstance(m, QModule)}
+    return {fqn: m.active_bits for fqn, m in model.named_modules() if isinstance(m, SwitchablePrecision)}

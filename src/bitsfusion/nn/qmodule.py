@@ -26,8 +26,10 @@ from torch import nn
 
 from ..errors import ConfigError, FormatError, UnsupportedLayer
 from ..pack.packed import PackedWeight
+from ..quant.codes import QuantizedWeight
 from ..quant.quantizer import quantize, relative_error
 from ..types import QScheme
+from .precision import SwitchablePrecision
 
 __all__ = [
     "QModule",
@@ -76,7 +78,7 @@ def qmodule_class(name: str) -> type["QModule"]:
                           f"upgrade BitsFusion, or re-save the artifact") from None
 
 
-class QModule(nn.Module):
+class QModule(SwitchablePrecision, nn.Module):
     """A module whose weight is a ``PackedWeight`` held as buffers.
 
     Attributes:
@@ -139,14 +141,28 @@ class QModule(nn.Module):
         if type(module) is not cls.float_type:
             raise UnsupportedLayer(f"{cls.__name__}.from_float takes a {cls.float_type.__name__}, "
                                    f"got {type(module).__name__}")
+        cls._float_kwargs(module)  # an unsupported configuration raises before any work
+        w = cls.weight_matrix(module).detach().to(torch.float32)
+        return cls.from_quantized(module, quantize(w, scheme, hessian=hessian))
+
+    @classmethod
+    def from_quantized(cls, module: nn.Module, qweight: QuantizedWeight) -> "QModule":
+        """A quantized module with ``module``'s configuration and bias holding ``qweight``.
+
+        ``module`` is an instance of ``float_type`` or of a subclass (a fake-quant layer of
+        ``bitsfusion.train.qat``); ``weight_error`` is measured against its weight. Used by
+        ``from_float`` and by ``train.qat.convert``, so both produce the same packed module.
+        """
+        if not isinstance(module, cls.float_type):
+            raise UnsupportedLayer(f"{cls.__name__}.from_quantized takes a {cls.float_type.__name__}, "
+                                   f"got {type(module).__name__}")
         kwargs = cls._float_kwargs(module)
         w = cls.weight_matrix(module).detach().to(torch.float32)
-        qw = quantize(w, scheme, hessian=hessian)
-        packed = PackedWeight.from_quantized(qw)
+        packed = PackedWeight.from_quantized(qweight)
         error = relative_error(w, packed.dequantize())
         bias = getattr(module, "bias", None)
         dtype = bias.dtype if bias is not None else None
-        q = cls(**kwargs, scheme=scheme, weight_error=error, device=w.device, dtype=dtype)
+        q = cls(**kwargs, scheme=qweight.scheme, weight_error=error, device=w.device, dtype=dtype)
         q.load_packed(packed)
         if bias is not None:
             with torch.no_grad():
@@ -209,21 +225,6 @@ class QModule(nn.Module):
     def nbytes(self) -> int:
         """Stored bytes of the packed weight (planes, scales, zeros, nested scales); bias excluded."""
         return sum(t.numel() * t.element_size() for t in self.packed.tensors().values())
-
-    # -- precision --------------------------------------------------------------------------
-
-    @property
-    def active_bits(self) -> int:
-        """The precision ``forward`` runs at (default: every stored bit)."""
-        return self._active_bits
-
-    def set_active_bits(self, bits: int) -> None:
-        """Run at ``bits``, one of ``scheme.precisions``: a different prefix of planes, nothing repacked."""
-        if isinstance(bits, bool) or bits not in self.scheme.precisions:
-            raise ConfigError(f"this {type(self).__name__} ({self.scheme}) can run at "
-                              f"{list(self.scheme.precisions)} bits, not {bits!r}; quantize with "
-                              f"QScheme(nested=...) to store more precisions")
-        self._active_bits = int(bits)
 
     def _scheme_repr(self) -> str:
         return f"scheme={self.scheme}, active_bits={self._active_bits}"

@@ -33,13 +33,14 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedLayer
-from ..pack.accounting import bits_per_weight
+from ..pack.accounting import bits_per_weight, packed_nbytes
 from ..plan import BitPlan
 from ..types import QScheme
 from .calibrate import collect_hessians, hessian_unsupported
+from .precision import SwitchablePrecision
 from .qmodule import QModule, qmodule_for, registered_float_types
 
-__all__ = ["quantize_", "QuantizeReport", "QuantizedLayer", "SkippedModule", "module_references"]
+__all__ = ["quantize_", "apply_plan", "LayerBuilder", "QuantizeReport", "QuantizedLayer", "SkippedModule", "module_references"]
 
 PROGRESS_MIN_LAYERS = 5
 SKIP_PLAN = "plan keeps it float"
@@ -141,13 +142,21 @@ def _typo_warnings(model: nn.Module, plan: BitPlan) -> list[str]:
     return out
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, verb: str = "quantizing") -> Any:
     if not enabled or total < PROGRESS_MIN_LAYERS:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("quantizing {task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn(verb + " {task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), transient=True)
+
+
+LayerBuilder = Callable[[type[QModule], nn.Module, QScheme, "torch.Tensor | None"], nn.Module]
+"""``build(qcls, module, scheme, hessian) -> new module``: what a planned layer is swapped for."""
+
+
+def _pack(qcls: type[QModule], module: nn.Module, scheme: QScheme, hessian: torch.Tensor | None) -> nn.Module:
+    return qcls.from_float(module, scheme, hessian=hessian)
 
 
 def quantize_(
@@ -172,14 +181,36 @@ def quantize_(
     (batches for ``forward(model, batch)``, see ``collect_hessians``) collects them here instead;
     giving both is a ``ConfigError``.
     """
+    return apply_plan(model, plan, _pack, progress=progress, filter_fn=filter_fn, hessians=hessians,
+                      calibration_data=calibration_data, forward=forward)
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: BitPlan,
+    build: LayerBuilder,
+    *,
+    progress: bool = True,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+    hessians: Mapping[str, torch.Tensor] | None = None,
+    calibration_data: Iterable[Any] | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    verb: str = "quantizing",
+) -> QuantizeReport:
+    """``quantize_``'s walk with another ``build``: every planned layer is swapped for what ``build`` returns.
+
+    ``train.qat.prepare`` swaps in fake-quant layers this way, so both see the same layers, skips,
+    Hessians and report. The built module must have ``scheme``, ``shape`` and ``weight_error``.
+    """
     if calibration_data is not None and hessians is not None:
-        raise ConfigError("quantize_: pass hessians= or calibration_data=, not both")
+        raise ConfigError(f"{'quantize_' if build is _pack else 'prepare'}: pass hessians= or calibration_data=, "
+                          "not both")
     report = QuantizeReport(warnings=_typo_warnings(model, plan))
     refs = module_references(model)
     todo: list[tuple[str, nn.Module, QScheme, str]] = []
     for fqn, module in model.named_modules():
         kind = type(module).__name__
-        if isinstance(module, QModule):
+        if isinstance(module, SwitchablePrecision):  # packed, or fake-quant in training
             report.skipped.append(SkippedModule(fqn, kind, SKIP_ALREADY))
         elif qmodule_for(module) is None:
             if _owns_parameters(module) and not any(True for _ in module.children()):
@@ -197,7 +228,7 @@ def quantize_(
     if calibration_data is not None:
         wanted = [fqn for fqn, m, sc, _ in todo if sc.calibration.uses_inputs and hessian_unsupported(m) is None]
         hessians = collect_hessians(model, calibration_data, forward=forward, names=wanted, progress=progress)
-    bar = _progress(len(todo), progress)
+    bar = _progress(len(todo), progress, verb)
     if bar is not None:
         bar.start()
         task = bar.add_task("", total=len(todo))
@@ -205,7 +236,7 @@ def quantize_(
         for fqn, module, scheme, rule in todo:
             if bar is not None:
                 bar.update(task, description=fqn)
-            _swap_one(report, refs, fqn, module, scheme, rule, hessians)
+            _swap_one(report, refs, fqn, module, scheme, rule, hessians, build)
             if bar is not None:
                 bar.advance(task)
     finally:
@@ -216,7 +247,7 @@ def quantize_(
 
 def _swap_one(
     report: QuantizeReport, refs: dict[int, list[tuple[nn.Module, str]]], fqn: str, module: nn.Module,
-    scheme: QScheme, rule: str, hessians: Mapping[str, torch.Tensor] | None,
+    scheme: QScheme, rule: str, hessians: Mapping[str, torch.Tensor] | None, build: LayerBuilder,
 ) -> None:
     qcls = qmodule_for(module)
     assert qcls is not None
@@ -231,13 +262,14 @@ def _swap_one(
                                                 f"({scheme.calibration.value}): {fix}", rule))
             return
     try:
-        q = qcls.from_float(module, scheme, hessian=hessian)
+        q = build(qcls, module, scheme, hessian)
     except UnsupportedLayer as e:
         report.skipped.append(SkippedModule(fqn, type(module).__name__, f"unsupported: {e}", rule))
         return
     for parent, name in refs[id(module)]:
         setattr(parent, name, q)
     report.quantized.append(QuantizedLayer(
-        fqn=fqn, type=type(module).__name__, scheme=scheme, shape=q.shape, nbytes=q.nbytes,
+        fqn=fqn, type=type(module).__name__, scheme=scheme, shape=q.shape,  # type: ignore[arg-type]
+        nbytes=packed_nbytes(scheme, q.shape),  # type: ignore[arg-type]
         bits_per_weight=bits_per_weight(scheme, q.shape), weight_error=float(q.weight_error), rule=rule,  # type: ignore[arg-type]
     ))

@@ -44,6 +44,9 @@ __all__ = [
     "read_safetensors_header",
     "artifact_nbytes",
     "predict_weights_nbytes",
+    "swap_in_dir",
+    "recover_dir",
+    "temporary_dir",
 ]
 
 WEIGHTS_METADATA = {"format": "pt"}
@@ -180,12 +183,12 @@ def save_artifact(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tens
         problem = str(e).removesuffix(f"; {RESAVE_HINT}")
         raise ConfigError(f"refusing to save {path}, it would not load back: {problem}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    _recover(path, clean_stale=True)
+    recover_dir(path, clean_stale=True)
     _check_replaceable(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP_TAG}", dir=path.parent))
+    tmp = temporary_dir(path)
     try:
         _write_files(tmp, prepared, manifest)
-        aside = _swap_in(tmp, path)
+        aside = swap_in_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -241,8 +244,17 @@ def _write_files(tmp: Path, tensors: dict[str, torch.Tensor], manifest: dict[str
     _fsync_dir(tmp)
 
 
-def _swap_in(tmp: Path, path: Path) -> Path | None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is first renamed aside and that name returned."""
+def temporary_dir(path: Path) -> Path:
+    """A new empty directory beside ``path`` to build its replacement in (``recover_dir`` cleans leftovers)."""
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP_TAG}", dir=path.parent))
+
+
+def swap_in_dir(tmp: Path, path: Path) -> Path | None:
+    """Rename ``tmp`` to ``path``; an existing ``path`` is first renamed aside and that name returned.
+
+    With ``recover_dir`` this is the one atomic directory replacement of the package (artifacts here,
+    training checkpoints in ``train.checkpoint``): a crash leaves the old directory or the new one.
+    """
     aside = None
     if os.path.lexists(path):
         aside = path.with_name(f".{path.name}{_ASIDE_TAG}{uuid.uuid4().hex[:12]}")
@@ -267,7 +279,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _recover(path: Path, *, clean_stale: bool) -> None:
+def recover_dir(path: Path, *, clean_stale: bool) -> None:
     """Undo a save that crashed between its two renames: restore the aside artifact if ``path`` is gone.
 
     After a restore, and always when ``clean_stale`` (a writer about to save), the leftovers of
@@ -293,7 +305,7 @@ def _recover(path: Path, *, clean_stale: bool) -> None:
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of the artifact at ``path``, its format and version checked; tensors are not read."""
     path = Path(path)
-    _recover(path, clean_stale=False)
+    recover_dir(path, clean_stale=False)
     if not path.is_dir():
         what = "is a file, not" if path.exists() else "not found: no"
         raise FormatError(f"{what} an artifact directory (one holding {MANIFEST_NAME} and {WEIGHTS_NAME})",
