@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import weakref
 from importlib import resources
 from pathlib import Path
@@ -41,15 +42,22 @@ from torch import nn
 
 from ..analysis.metrics import cosine_stats, topk_overlap
 from ..errors import ConfigError
+from ..train.losses import cosine_distance, relative_mse
+from ..train.recipe import DistillRecipe
 from .registry import ModelSpec, register_model
 
 __all__ = ["model_dir", "build_minilm", "load_sentences", "load_calibration_sentences", "tokenize", "run", "embed",
-           "reference_embeddings", "evaluate", "minilm_spec"]
+           "reference_embeddings", "evaluate", "minilm_spec", "load_distill_sentences", "distill_recipe",
+           "distill_batches", "embed_batch"]
 
 MAX_LENGTH = 256  # sentence_bert_config.json: max_seq_length
 EVAL_BATCH = 64
 CALIBRATION_BATCH = 16
 TOP_K = 10
+DISTILL_BATCH = 32
+DISTILL_MAX_LENGTH = 128
+VALIDATION_SENTENCES = 256
+COSINE_WEIGHT = 1.0
 
 
 def model_dir() -> Path:
@@ -198,4 +206,67 @@ def minilm_spec() -> ModelSpec:
         evaluate=evaluate,
         run=run,
         default_skip=("pooler.dense",),
+        distill=distill_recipe,
+    )
+
+
+# -- distillation (bitsfusion distill minilm) ----------------------------------------------------------
+
+
+def load_distill_sentences() -> tuple[str, ...]:
+    """The 32,000 unlabelled training sentences shipped as package data (``distill_sentences.txt.gz``):
+    docstring sentences of installed third-party packages, none of them an evaluation or calibration
+    sentence (``scripts/make_distill_sentences.py`` made the file)."""
+    raw = resources.files("bitsfusion.zoo").joinpath("data/distill_sentences.txt.gz").read_bytes()
+    return tuple(line for line in gzip.decompress(raw).decode("utf-8").splitlines() if line.strip())
+
+
+def distill_batches(lines: list[str] | tuple[str, ...], batch_size: int = DISTILL_BATCH) -> list[dict[str, torch.Tensor]]:
+    """Tokenized batches of ``batch_size`` lines of similar token count (little padding), in length order;
+    the ``Distiller`` visits them in a seeded random order. Lines longer than ``DISTILL_MAX_LENGTH`` tokens
+    are truncated, empty lines dropped."""
+    kept = [s for s in lines if s.strip()]
+    if not kept:
+        raise ConfigError("distillation data holds no non-empty lines; give a text file with one sentence per line")
+    tok = _tokenizer()
+    lengths = [len(ids) for ids in tok(kept, truncation=True, max_length=DISTILL_MAX_LENGTH)["input_ids"]]
+    order = sorted(range(len(kept)), key=lambda i: (lengths[i], i))
+    out = []
+    for start in range(0, len(order), batch_size):
+        chunk = [kept[i] for i in order[start : start + batch_size]]
+        enc = _tokenizer()(chunk, padding=True, truncation=True, max_length=DISTILL_MAX_LENGTH, return_tensors="pt")
+        out.append(dict(enc))
+    return out
+
+
+def embed_batch(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``run`` with gradients: ``hidden`` (last hidden states), ``mask`` ``[n, T, 1]`` and ``embedding``."""
+    out = model(**batch)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return {"hidden": hidden, "mask": mask, "embedding": F.normalize(pooled.float(), p=2, dim=1)}
+
+
+def _distill_loss(s: dict[str, torch.Tensor], t: dict[str, torch.Tensor], _batch: Any) -> torch.Tensor:
+    """Token states (relative MSE over real tokens) plus ``COSINE_WEIGHT`` times the embeddings' 1 - cos."""
+    return relative_mse(s["hidden"], t["hidden"], t["mask"]) + COSINE_WEIGHT * cosine_distance(
+        s["embedding"], t["embedding"])
+
+
+def _validate(teacher: nn.Module, student: nn.Module) -> dict[str, float]:
+    """Mean cosine on the first ``VALIDATION_SENTENCES`` calibration sentences (never evaluated on)."""
+    sentences = load_calibration_sentences()[:VALIDATION_SENTENCES]
+    cos = cosine_stats(embed(teacher, sentences), embed(student, sentences))
+    return {"score": cos["mean"]}
+
+
+def distill_recipe() -> DistillRecipe:
+    """MiniLM's recipe: match the last hidden states and the embeddings, and (``feature_weight``) every
+    transformer block's output over real tokens; validate on calibration sentences."""
+    return DistillRecipe(
+        batches=distill_batches, forward=embed_batch, output_loss=_distill_loss,
+        features=tuple(f"encoder.layer.{i}" for i in range(6)),
+        feature_mask=lambda batch: batch["attention_mask"].unsqueeze(-1), validate=_validate,
+        default_data=load_distill_sentences,
     )

@@ -43,6 +43,8 @@ class ModelSpec:
             the pooled, L2-normalised sentence embeddings ``[batch, 384]``).
         default_skip: fqn rules (exact names or ``re:`` patterns, as in ``BitPlan``) that stay
             in floating point unless the user's plan says otherwise.
+        distill: ``distill() -> DistillRecipe`` (``train.recipe``): how ``bitsfusion distill`` trains a
+            quantized copy of this model; None when the model has no recipe.
     """
 
     name: str
@@ -52,6 +54,7 @@ class ModelSpec:
     evaluate: Callable[[nn.Module, nn.Module], dict[str, float]]
     run: Callable[[nn.Module, Any], torch.Tensor]
     default_skip: tuple[str, ...] = ()
+    distill: Callable[[], Any] | None = None
 
 
 _FACTORIES: dict[str, Callable[[], ModelSpec]] = {}
