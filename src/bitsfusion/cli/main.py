@@ -1,4 +1,5 @@
-"""The ``bitsfusion`` command line: ``quantize``, ``inspect``, ``eval``, ``demo``, ``analyze``, ``allocate``, ``pareto``.
+"""The ``bitsfusion`` command line: ``quantize``, ``inspect``, ``eval``, ``demo``, ``analyze``, ``allocate``, ``pareto``,
+``distill``.
 
 Each command lives in its own module and is a few lines over the public API. This module
 only assembles them and sets the error contract every command follows:
@@ -23,6 +24,7 @@ from ..errors import BitsFusionError
 from .allocate import allocate_command
 from .analyze import analyze_command
 from .demo import demo_command
+from .distill import distill_command
 from .evaluate import eval_command
 from .inspect import inspect_command
 from .pareto import pareto_command
@@ -70,3 +72,4 @@ app.command("demo")(_guarded(demo_command))
 app.command("analyze")(_guarded(analyze_command))
 app.command("allocate")(_guarded(allocate_command))
 app.command("pareto")(_guarded(pareto_command))
+app.command("distill")(_guarded(distill_command))
