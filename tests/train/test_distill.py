@@ -123,6 +123,10 @@ def test_misuse_is_refused(tmp_path) -> None:
         _distiller(teacher, student, DistillConfig(eval_every=5))
     with pytest.raises(ConfigError, match="not in the model"):
         _distiller(teacher, student, DistillConfig(steps=1), features=("nope",)).fit(tiny.data())
+    for model in (teacher, student):
+        model.add_module("spare", torch.nn.Identity())  # named, never run by forward
+    with pytest.raises(ConfigError, match="produced no output"):
+        _distiller(teacher, student, DistillConfig(steps=1), features=("spare",)).fit(tiny.data())
     with pytest.raises(ConfigError, match="no batches"):
         _distiller(teacher, student, DistillConfig(steps=1)).fit([])
 

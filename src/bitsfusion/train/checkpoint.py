@@ -113,8 +113,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         best = st.load_file(str(path / BEST)) if (path / BEST).exists() else None
     except FormatError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # safetensors raises its own errors too
-        raise FormatError(f"the checkpoint {path} is damaged ({type(e).__name__}: {e}); {fix}") from None
-    except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError is not a subclass of the above
+    except Exception as e:  # noqa: BLE001 - OSError, JSON, KeyError, safetensors' own SafetensorError, ...
         raise FormatError(f"the checkpoint {path} is damaged ({type(e).__name__}: {e}); {fix}") from None
     return Checkpoint(trainer=trainer, params=params, optimizer=optimizer, best=best)

@@ -249,6 +249,10 @@ class Distiller:
         parts = {"output": float(loss.detach())}
         if hooks is not None:
             s_feat = hooks.take()
+            silent = [n for n in self.features if n not in s_feat or n not in t_feat]
+            if silent:
+                raise ConfigError(f"feature modules {silent} produced no output in forward(); name modules the "
+                                  "forward pass runs")
             mask = None if self.feature_mask is None else self.feature_mask(batch)
             f = feature_loss([(s_feat[n], t_feat[n]) for n in self.features], mask)
             parts["features"] = float(f.detach())
