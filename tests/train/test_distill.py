@@ -70,7 +70,7 @@ def test_a_killed_run_resumes_exactly(tmp_path) -> None:
 
 def test_early_stop_keeps_the_best_state(tmp_path) -> None:
     teacher, student = tiny.pair()
-    scores = iter([0.5, 0.9, 0.4, 0.3, 0.2, 0.1])
+    scores = iter([0.45, 0.5, 0.9, 0.4, 0.3, 0.2, 0.1])  # the first: the start, before any step
     snapshots = []
 
     def evaluate(model):
@@ -81,11 +81,23 @@ def test_early_stop_keeps_the_best_state(tmp_path) -> None:
     result = _distiller(teacher, student, cfg, evaluate=evaluate, checkpoint_dir=tmp_path / "ck").fit(tiny.data())
     assert result.stopped_early and result.steps == 8
     assert result.best == {"score": 0.9} and result.best_step == 4
-    for name, value in snapshots[1].items():
+    assert [e["step"] for e in result.evaluations] == [0, 2, 4, 6, 8]
+    for name, value in snapshots[2].items():
         assert torch.equal(_trained(student)[name], value), name
     again = _distiller(teacher, tiny.pair()[1], cfg, evaluate=evaluate, checkpoint_dir=tmp_path / "ck"
                        ).fit(tiny.data())
     assert again.stopped_early and again.steps == 8  # a stopped run stays stopped
+
+
+def test_a_start_better_than_every_trained_state_is_kept() -> None:
+    teacher, student = tiny.pair()
+    start = {n: p.detach().clone() for n, p in student.named_parameters()}
+    scores = iter([0.99, 0.5, 0.6])
+    cfg = DistillConfig(steps=4, lr=1e-2, eval_every=2)
+    result = _distiller(teacher, student, cfg, evaluate=lambda m: {"score": next(scores)}).fit(tiny.data())
+    assert result.best_step == 0 and result.steps == 4
+    for name, value in student.named_parameters():
+        assert torch.equal(value.detach(), start[name]), name
 
 
 def test_nested_training_sums_the_loss_over_precisions() -> None:

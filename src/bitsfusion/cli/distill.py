@@ -147,4 +147,5 @@ def distill_command(
     console.print(f"{path}: {len(manifest['layers'])} quantized layers, {totals['bits_per_weight']:.3f} bits per "
                   f"weight (every byte counted); {result.steps} steps in {result.wall_s:.0f} s"
                   + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")
-                  + (f"; best validation at step {result.best_step}" if result.best_step else ""), highlight=False)
+                  + (f"; best validation at step {result.best_step}" if result.best_step is not None else ""),
+                  highlight=False)

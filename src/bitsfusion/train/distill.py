@@ -24,8 +24,9 @@ resumes at the exact batch.
 
 Checkpoints (``checkpoint_dir``): every ``checkpoint_every`` steps and at the end, atomically
 (``train.checkpoint``); ``fit`` resumes from one found there. Evaluation: every ``eval_every`` steps
-``evaluate(student) -> {name: value}`` on the main process; ``eval_metric`` (higher is better) picks the
-best state, which is kept (in the checkpoint too) and restored at the end; after ``patience`` evaluations
+``evaluate(student) -> {name: value}`` on the main process, and once before the first step;
+``eval_metric`` (higher is better) picks the best state, the start included, which is kept (in the
+checkpoint too) and restored at the end; after ``patience`` evaluations
 without improvement training stops early. A rich progress bar shows loss, learning rate and ETA.
 """
 
@@ -310,6 +311,9 @@ class Distiller:
         t_hooks = _Features(self.teacher, self.features) if self.features else None
         bits = cfg.bits or (None,)
         weights = cfg.bit_weights or tuple(1.0 for _ in bits)
+        if cfg.eval_every and start == 0 and not result.evaluations:
+            if self._evaluate(0, result):  # the start is a candidate too: training never returns worse
+                best_state = self._trainable_state()
         bar = self._bar(start) if self.progress and acc.is_main_process else None
         step = start
         try:
