@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench-smoke bench bench-mixed lint clean
+.PHONY: demo test bench-smoke bench bench-mixed bench-distill lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,14 @@ bench: $(STAMP)
 # analysis + exact allocation + GPTQ on MiniLM at 4/3/2.5/2/1.75 bits, uniform rows and peers (~25 min)
 bench-mixed: $(STAMP)
 	$(PY) benchmarks/mixed.py --refine --write docs/BENCHMARKS.md
+
+# distillation on MiniLM: 2.0 and 3.0 bits from the committed sensitivity table (benchmarks/mixed.py --sens
+# made it), then nested 4/3/2 against each precision trained alone (~2 hours: six training runs)
+bench-distill: $(STAMP)
+	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed2 --write docs/BENCHMARKS.md
+	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed3 --lr 4e-5 --scale-lr 4e-4 \
+		--write docs/BENCHMARKS.md
+	$(PY) benchmarks/distill.py --cases nested,uniform2,uniform3,uniform4 --nested-steps 800 --write docs/BENCHMARKS.md
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
