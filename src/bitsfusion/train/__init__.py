@@ -5,7 +5,8 @@
 post-training quantisation gives, with learned codes, scales and zeros.
 """
 
-from .distill import DistillConfig, Distiller, DistillResult
+from .config import DistillConfig
+from .distill import Distiller, DistillResult
 from .qat import (
     FakeQuantConv2d,
     FakeQuantLinear,
