@@ -35,7 +35,7 @@ def test_distill_writes_model_and_report_and_resumes(runner: CliRunner, tmp_path
     assert report["steps"] == 2 and report["resumed_from"] is None
     assert set(report["quality"]) == {"post-training (start)", "distilled @3 bits", "distilled @2 bits"}
     assert report["bits_per_weight"] == pytest.approx(4.0)  # 3 bits + fp16 scale and zero per 64, two precisions
-    assert [e["step"] for e in report["evaluations"]] == [2]
+    assert [e["step"] for e in report["evaluations"]] == [0, 2]  # the start, then every 2 steps
 
     again = runner.invoke(app, [*args, "--steps", "4"])
     assert again.exit_code == 0, again.output
