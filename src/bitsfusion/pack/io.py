@@ -26,7 +26,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import torch as st
@@ -47,6 +47,7 @@ __all__ = [
     "swap_in_dir",
     "recover_dir",
     "temporary_dir",
+    "write_dir_atomically",
 ]
 
 WEIGHTS_METADATA = {"format": "pt"}
@@ -185,9 +186,17 @@ def save_artifact(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tens
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path, clean_stale=True)
     _check_replaceable(path)
+    return write_dir_atomically(path, lambda tmp: _write_files(tmp, prepared, manifest))
+
+
+def write_dir_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` fills a temporary directory beside ``path``, which then replaces ``path`` by rename.
+
+    On any exception ``path`` is left as it was and the temporary directory is removed.
+    """
     tmp = temporary_dir(path)
     try:
-        _write_files(tmp, prepared, manifest)
+        write(tmp)
         aside = swap_in_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

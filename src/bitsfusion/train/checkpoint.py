@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import safetensors.torch as st
 import torch
 
 from ..errors import FormatError
-from ..pack.io import recover_dir, swap_in_dir, temporary_dir
+from ..pack.io import recover_dir, write_dir_atomically
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -76,9 +75,9 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path, clean_stale=True)
-    tmp = temporary_dir(path)
-    try:
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+
+    def write(tmp: Path) -> None:
         _write_tensors(tmp / PARAMS, params)
         _write_tensors(tmp / OPTIMIZER, opt_tensors)
         if best is not None:
@@ -88,13 +87,8 @@ def save_checkpoint(
             f.write(json.dumps(body, indent=1, allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        aside = swap_in_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-    return path
+
+    return write_dir_atomically(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:

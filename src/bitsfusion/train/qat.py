@@ -94,6 +94,16 @@ class FakeQuantMixin(SwitchablePrecision):
         with torch.no_grad():
             self.weight.copy_(self._latent_start(w, qw).reshape(self.weight.shape).to(self.weight.dtype))
 
+    def _adopt(self, qcls: type[QModule], float_module: nn.Module, qw: QuantizedWeight) -> Any:
+        """Take ``float_module``'s bias and mode, then the fake-quant state of ``qw``; returns self."""
+        bias = getattr(float_module, "bias", None)
+        if bias is not None:
+            with torch.no_grad():
+                self.bias.copy_(bias)  # type: ignore[attr-defined]
+        self._init_fake(qcls, float_module, qw)
+        self.train(float_module.training)  # type: ignore[attr-defined]
+        return self
+
     # -- the formula ------------------------------------------------------------------------------
 
     def _scale_zero(self, bits: int) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -173,12 +183,7 @@ class FakeQuantLinear(FakeQuantMixin, nn.Linear):
     def from_float(cls, qcls: type[QModule], module: nn.Linear, qw: QuantizedWeight) -> "FakeQuantLinear":
         fq = cls(module.in_features, module.out_features, bias=module.bias is not None,
                  device=module.weight.device, dtype=module.weight.dtype)
-        if module.bias is not None:
-            with torch.no_grad():
-                fq.bias.copy_(module.bias)
-        fq._init_fake(qcls, module, qw)
-        fq.train(module.training)
-        return fq
+        return fq._adopt(qcls, module, qw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
@@ -196,12 +201,7 @@ class FakeQuantConv2d(FakeQuantMixin, nn.Conv2d):
                  padding=module.padding, dilation=module.dilation, groups=module.groups,
                  bias=module.bias is not None, padding_mode=module.padding_mode,
                  device=module.weight.device, dtype=module.weight.dtype)
-        if module.bias is not None:
-            with torch.no_grad():
-                fq.bias.copy_(module.bias)
-        fq._init_fake(qcls, module, qw)
-        fq.train(module.training)
-        return fq
+        return fq._adopt(qcls, module, qw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
