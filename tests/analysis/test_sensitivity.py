@@ -230,3 +230,25 @@ def test_proxy_tables_need_no_pass_per_cell(tiny_spec, tiny_table, proxy) -> Non
     assert "proxy_spearman" not in table.meta
     with pytest.raises(ConfigError, match="unknown proxy"):
         measure_sensitivity(tiny_spec.build(), batches, [QScheme(2)], run=tiny_spec.run, loss="proxy:magic")
+
+
+def test_without_proxies_no_hessian_is_kept_and_the_losses_are_the_same(tiny_spec, tiny_table, monkeypatch) -> None:
+    from bitsfusion.analysis import proxies as proxies_module
+
+    made = []
+    real = proxies_module.InputMoments.__init__
+
+    def spy(self, *a, **kw):
+        made.append(1)
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(proxies_module.InputMoments, "__init__", spy)
+    bare = measure_sensitivity(tiny_spec.build(), tiny_spec.calibration(2), default_candidates(BITS),
+                               run=tiny_spec.run, progress=False, proxies=False)
+    assert not made
+    assert bare.loss == tiny_table.loss
+    assert bare.proxies == {} and "proxy_spearman" not in bare.meta
+    gptq = default_candidates((2,), calibrations=("gptq",))
+    with_h = measure_sensitivity(tiny_spec.build(), tiny_spec.calibration(2), gptq, run=tiny_spec.run,
+                                 progress=False, proxies=False)
+    assert made and with_h.is_complete()  # a calibrated candidate still gets its Hessian
