@@ -7,10 +7,12 @@ The artifact (``pack.io``) holds the model's whole ``state_dict`` (quantized lay
                "class": "BertModel", "config": {...}, "source": <caller's JSON, e.g. {"zoo": "minilm"}>},
      "layers": {fqn: QModule.manifest_entry()},
      "tied_tensors": {name: canonical name},     # state-dict entries that are the same tensor
+     "cached_modules": {fqn: {"type": ...}},      # only when present: nn.time_cache tables (diffusion UNets)
      "accounting": {"quantized_params", "packed_bytes", "bits_per_weight",
                     "float_params", "float_bytes", "total_bytes"}}
 
-Loading builds a float skeleton, swaps an empty quantized shell in at every manifest layer,
+Loading builds a float skeleton, swaps an empty cached-table module in at every ``cached_modules``
+entry and an empty quantized shell in at every manifest layer,
 and loads the state strictly. The skeleton is the caller's ``model`` when given; otherwise it is
 built from the recorded class and config, and only from a class exported by the
 ``transformers`` or ``diffusers`` package: a file never makes BitsFusion import a module it names.
@@ -34,6 +36,7 @@ from ..pack.packed import PackedWeight
 from ..types import QScheme
 from .qmodule import QModule, qmodule_class
 from .swap import module_references
+from .time_cache import CACHED_MODULES, cached_module_from_entry
 
 __all__ = ["save", "load"]
 
@@ -110,8 +113,12 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, source: Any = None) 
     """
     layers = {fqn: m.manifest_entry() for fqn, m in model.named_modules() if isinstance(m, QModule)}
     tensors, tied = _dedupe(model.state_dict())
-    body = {"model": _model_info(model, source), "layers": layers, "tied_tensors": tied,
-            "accounting": _accounting(layers, tensors)}
+    body: dict[str, Any] = {"model": _model_info(model, source), "layers": layers, "tied_tensors": tied,
+                            "accounting": _accounting(layers, tensors)}
+    cached = {fqn: m.cache_entry() for fqn, m in model.named_modules()  # type: ignore[operator]
+              if CACHED_MODULES.get(type(m).__name__) is type(m)}
+    if cached:
+        body["cached_modules"] = cached
     return save_artifact(path, tensors, body)
 
 
@@ -169,6 +176,23 @@ def _skeleton(info: Any, mpath: Path) -> nn.Module:
         raise FormatError(f"{kind} could not build {cls.__name__} from the recorded config "
                           f"({type(e).__name__}: {e}); pass load(path, model=...)", path=mpath) from None
     return model
+
+
+def _swap_in_cached(model: nn.Module, cached: Any, mpath: Path) -> None:
+    """Replace the module at each ``cached_modules`` entry by an empty table module of its type."""
+    if not isinstance(cached, dict):
+        raise FormatError("'cached_modules' must be a JSON object; re-save the artifact", path=mpath)
+    refs = module_references(model)
+    for fqn, entry in cached.items():
+        try:
+            current = model.get_submodule(fqn) if fqn else None
+        except AttributeError:
+            current = None
+        if current is None:
+            raise FormatError(f"cached module '{fqn}' has no module in the model; {_FIX}", path=mpath)
+        module = cached_module_from_entry(entry)
+        for parent, name in refs[id(current)]:
+            setattr(parent, name, module)
 
 
 def _swap_in_shells(model: nn.Module, layers: Any, mpath: Path) -> None:
@@ -229,6 +253,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
     manifest, tensors = load_artifact(path)
     mpath, wpath = path / MANIFEST_NAME, path / WEIGHTS_NAME
     skeleton = model if model is not None else _skeleton(manifest["model"], mpath)
+    _swap_in_cached(skeleton, manifest.get("cached_modules", {}), mpath)
     _swap_in_shells(skeleton, manifest["layers"], mpath)
     state = dict(tensors)
     tied = manifest.get("tied_tensors", {})
