@@ -17,7 +17,7 @@ nothing until a model is asked for (MiniLM pulls in transformers)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -43,6 +43,8 @@ class ModelSpec:
             the pooled, L2-normalised sentence embeddings ``[batch, 384]``).
         default_skip: fqn rules (exact names or ``re:`` patterns, as in ``BitPlan``) that stay
             in floating point unless the user's plan says otherwise.
+        default_pins: fqn rules -> bits an allocation pins unless the user's pins say otherwise
+            (the digits UNet: ``conv_in``/``conv_out`` at 8 bits, as BitsFusion does).
         distill: ``distill() -> DistillRecipe`` (``train.recipe``): how ``bitsfusion distill`` trains a
             quantized copy of this model; None when the model has no recipe.
     """
@@ -54,6 +56,7 @@ class ModelSpec:
     evaluate: Callable[[nn.Module, nn.Module], dict[str, float]]
     run: Callable[[nn.Module, Any], torch.Tensor]
     default_skip: tuple[str, ...] = ()
+    default_pins: dict[str, int] = field(default_factory=dict)
     distill: Callable[[], Any] | None = None
 
 
