@@ -88,6 +88,9 @@ def quantize_command(
                                         calibrations=parse_calibrations(calibration))
         table, module, source, spec = run_analysis(model, candidates, out=sens, loss="mse", batches=ANALYSIS_BATCHES,
                                                    skip=skip)
+        if spec is not None:  # the model's default pins (digits: conv_in/conv_out at 8), unless --pin names them
+            pin = [*(f"{k}={v}" for k, v in spec.default_pins.items() if not any(p.startswith(f"{k}=") for p in pin)),
+                   *pin]
         result = allocate_from(table, avg_bits=avg_bits, max_bytes=max_bytes, method="exact", counting=counting,
                                pins=pin, percentile=90.0)
         for line in summary_lines(result, table.metric):
