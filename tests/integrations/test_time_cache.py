@@ -33,7 +33,7 @@ def test_float32_tables_leave_every_output_unchanged(unet, ddim, inputs) -> None
     assert report.removed_params == sum(p.numel() for n, p in unet.named_parameters()
                                         if n.startswith("time_embedding.") or ".time_emb_proj." in n)
     for a, b in zip(ref, _outputs(cached, ddim.timesteps, x, c)):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # float32 rounding: the tables are one batch
     assert isinstance(cached.time_proj, TimestepOneHot) and isinstance(cached.time_embedding, PassThrough)
     assert all(isinstance(cached.get_submodule(f"{n}.time_emb_proj"), CachedTimeProjection) for n in resnets)
 
@@ -56,7 +56,7 @@ def test_timesteps_given_as_ints_or_floats_or_batches(unet, ddim, inputs) -> Non
     t = int(ddim.timesteps[3])
     ref = _outputs(unet, [t], x, c)[0]
     for form in (t, float(t), torch.tensor(t), torch.full((3,), t)):
-        torch.testing.assert_close(_outputs(cached, [form], x, c)[0], ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(_outputs(cached, [form], x, c)[0], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_a_timestep_outside_the_cache_is_an_error_naming_the_cache(unet, ddim, inputs) -> None:
@@ -120,3 +120,13 @@ def test_a_corrupt_cached_module_entry_is_a_format_error(unet, ddim, tmp_path) -
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(FormatError, match="has no module in the model"):
         load(tmp_path / "a")
+
+
+def test_a_diffusers_directory_resolves_to_its_unet(unet, tmp_path) -> None:
+    from bitsfusion.zoo.resolve import resolve_model
+
+    unet.save_pretrained(tmp_path / "unet")
+    model, source, spec = resolve_model(str(tmp_path / "unet"))
+    assert type(model).__name__ == "UNet2DConditionModel" and spec is None
+    for a, b in zip(unet.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
