@@ -178,16 +178,21 @@ def _skeleton(info: Any, mpath: Path) -> nn.Module:
     return model
 
 
+def _module_at(model: nn.Module, fqn: str) -> nn.Module | None:
+    """The submodule named ``fqn`` (None for the root or a name the model lacks)."""
+    try:
+        return model.get_submodule(fqn) if fqn else None
+    except AttributeError:
+        return None
+
+
 def _swap_in_cached(model: nn.Module, cached: Any, mpath: Path) -> None:
     """Replace the module at each ``cached_modules`` entry by an empty table module of its type."""
     if not isinstance(cached, dict):
         raise FormatError("'cached_modules' must be a JSON object; re-save the artifact", path=mpath)
     refs = module_references(model)
     for fqn, entry in cached.items():
-        try:
-            current = model.get_submodule(fqn) if fqn else None
-        except AttributeError:
-            current = None
+        current = _module_at(model, fqn)
         if current is None:
             raise FormatError(f"cached module '{fqn}' has no module in the model; {_FIX}", path=mpath)
         module = cached_module_from_entry(entry)
@@ -202,10 +207,7 @@ def _swap_in_shells(model: nn.Module, layers: Any, mpath: Path) -> None:
     refs = module_references(model)
     for fqn, entry in layers.items():
         qcls = qmodule_class(entry.get("type"))
-        try:
-            current = model.get_submodule(fqn) if fqn else None
-        except AttributeError:
-            current = None
+        current = _module_at(model, fqn)
         if current is None:
             raise FormatError(f"layer '{fqn}' ({qcls.__name__}) has no module in the model; {_FIX}", path=mpath)
         if not isinstance(current, qcls) and type(current) is not qcls.float_type:
