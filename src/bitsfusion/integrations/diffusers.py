@@ -36,22 +36,13 @@ from ..train.recipe import DistillRecipe
 
 __all__ = ["TIME_LAYERS", "PINS", "FEATURE_BLOCKS", "cache_time_embeddings", "TimeCacheReport", "sample",
            "trajectory_batches", "noise_prediction", "final_image_run", "beta_timesteps", "noise_distill_recipe",
-           "feature_blocks", "is_unet"]
+           "feature_blocks"]
 
 # BitPlan rules for the layers cache_time_embeddings replaces: a plan skips them.
 TIME_LAYERS = ("re:time_embedding\\..*", "re:.*\\.time_emb_proj")
 # BitsFusion keeps the first and last convolutions at 8 bits.
 PINS = {"conv_in": 8, "conv_out": 8}
 FEATURE_BLOCKS = ("down_blocks", "up_blocks")
-
-
-def is_unet(model: nn.Module) -> bool:
-    """True for a diffusers ``UNet2DConditionModel`` (or a subclass)."""
-    try:
-        from diffusers import UNet2DConditionModel
-    except ImportError:
-        return False
-    return isinstance(model, UNet2DConditionModel)
 
 
 def _check_unet(unet: nn.Module) -> None:
@@ -97,8 +88,8 @@ def cache_time_embeddings(
     if isinstance(unet.time_proj, TimestepOneHot):
         raise ConfigError("this UNet's time embedding is already cached; build it again from the float model "
                           "to cache other timesteps")
-    for attr in ("class_embedding", "add_embedding", "time_embed_act", "encoder_hid_proj"):
-        if getattr(unet, attr, None) is not None and attr != "encoder_hid_proj":
+    for attr in ("class_embedding", "add_embedding", "time_embed_act"):
+        if getattr(unet, attr, None) is not None:
             raise ConfigError(f"this UNet has a {attr} that mixes other inputs into the time embedding; "
                               "its time embedding cannot be cached per timestep (use a plan without caching)")
     ts = torch.as_tensor(timesteps).flatten().round().to(torch.int64)
