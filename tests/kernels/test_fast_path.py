@@ -50,3 +50,38 @@ def test_other_calls_take_the_checked_path():
     bias = torch.nn.Parameter(torch.randn(32))
     with torch.no_grad():
         torch.testing.assert_close(fast(x, p, bias, 4), dispatch.linear(x, p, bias, 4, kernel="lut"))
+
+
+def test_storage_swapped_under_the_same_tensor_is_seen():
+    """``t.data = u`` changes a tensor's storage without bumping its version: the entry checks the address."""
+    p = random_packed(QScheme(4, group_size=64), 24, 64, seed=5)
+    q = random_packed(QScheme(4, group_size=64), 24, 64, seed=6)
+    x = torch.randn(8, 64)
+    dispatch.linear(x, p, None, 4)
+    p.qweight.data = q.qweight.clone()
+    p.scales.data = q.scales.clone()
+    if p.zeros is not None:
+        p.zeros.data = q.zeros.clone()
+    torch.testing.assert_close(dispatch.linear(x, p, None, 4, kernel="dequant"), reference.linear(x, p, None, 4),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_a_bias_that_needs_a_gradient_stays_native(rows, monkeypatch):
+    """Outside ``no_grad`` (a trainable bias): the product runs natively and autograd adds the bias."""
+    p = random_packed(QScheme(3, group_size=32), 48, 96, seed=7)
+    bias = torch.nn.Parameter(torch.randn(48))
+    x = torch.randn(rows, 96)
+    with torch.no_grad():
+        want = dispatch.linear(x, p, bias, 3)
+
+    def no_reference(*a, **k):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "linear", no_reference)
+    y = dispatch.linear(x, p, bias, 3)
+    assert y.requires_grad
+    torch.testing.assert_close(y.detach(), want)
+    y.sum().backward()
+    torch.testing.assert_close(bias.grad, torch.full((48,), float(rows)))
+    assert dispatch.choose_kernel(x, p, bias=bias)[0] != "reference"

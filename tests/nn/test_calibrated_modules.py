@@ -47,6 +47,7 @@ def test_qlinear_runs_the_dequantized_weight_at_every_precision(calibration: str
     x = _loud_inputs(256, 96)
     scheme = QScheme(4, 32, "asymmetric", nested=(2, 3), calibration=calibration)
     q = QLinear.from_float(fc, scheme, hessian=x.T @ x / 256)
+    q.kernel = "reference"  # exact arithmetic (the native kernels are checked against it in tests/kernels)
     assert (q.packed.input_scale is not None) == scheme.calibration.scales_inputs
     for b in (2, 3, 4):
         set_active_bits(q, b)
@@ -73,6 +74,7 @@ def test_qconv_uses_im2col_columns(calibration: str) -> None:
     h = collect_hessians(model, [x], progress=False)["conv"]
     scheme = QScheme(3, 16, nested=(2,), calibration=calibration)
     q = QConv2d.from_float(model.conv, scheme, hessian=h)
+    q.kernel = "reference"  # exact arithmetic, as above
     assert q.shape == (8, 27) and (q.packed.input_scale is not None) == scheme.calibration.scales_inputs
     for b in (2, 3):
         set_active_bits(q, b)

@@ -19,6 +19,13 @@ from tests.nn.conftest import rel_err
 MAX_REL_ERR = {1: 0.75, 2: 0.25, 3: 0.06, 4: 0.015, 5: 4e-3, 6: 1e-3, 7: 2.5e-4, 8: 6e-5}
 
 
+@pytest.fixture(autouse=True)
+def _reference_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the module's arithmetic against the exactly dequantised weight, so they run the
+    reference kernel (the native kernels are checked against it in tests/kernels)."""
+    monkeypatch.setenv("BITSFUSION_KERNEL", "reference")
+
+
 def _linear(n: int = 96, k: int = 100, bias: bool = True) -> nn.Linear:
     layer = nn.Linear(k, n, bias=bias)
     with torch.no_grad():

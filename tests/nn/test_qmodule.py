@@ -65,6 +65,21 @@ def test_state_dict_holds_the_packed_tensors_as_buffers(scheme: QScheme, suffixe
     assert all(packed.tensors()[s].data_ptr() == getattr(q, s).data_ptr() for s in suffixes)  # a view, no copy
 
 
+def test_the_packed_view_is_kept_until_a_buffer_is_replaced() -> None:
+    q = _qlinear()
+    view = q.packed
+    assert q.packed is view  # one view: the kernels' per-weight cache is keyed by it
+    q.scales.mul_(2)  # in place: the same view sees it
+    assert torch.equal(q.packed.scales, q.scales) and q.packed is view
+    q.scales = q.scales.clone()  # a new buffer: a new, validated view over it
+    assert q.packed is not view and q.packed.scales is q.scales
+    q.load_state_dict(_qlinear().state_dict())  # copies in place
+    assert torch.equal(q.packed.qweight, q.qweight)
+    q.qweight = torch.zeros(3, dtype=torch.uint8)  # the wrong shape is caught when the view is rebuilt
+    with pytest.raises(FormatError, match="qweight"):
+        q.packed
+
+
 @pytest.mark.parametrize("convert", [
     pytest.param(lambda m: m.half(), id="half"),
     pytest.param(lambda m: m.float(), id="float"),

@@ -169,7 +169,8 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
 # already seen at this precision) with one cached entry per weight: the checks that depend only on the weight
 # (``unsupported_reason``, the repacked shapes, the scale tensors' layout, the precision) ran once when the
 # entry was made; per call it re-checks that the weight's tensors are the same objects at the same version
-# (in-place writes bump torch's version counter), and checks ``x`` and ``bias`` (dtype, device, shape,
+# (in-place writes bump torch's version counter) and, for the codes and scales, the same address (``t.data = u``
+# swaps the storage without bumping it), and checks ``x`` and ``bias`` (dtype, device, shape,
 # contiguity, 4-byte alignment, grad). Anything else returns None and takes the checked path above.
 import os as _os
 import weakref as _weakref
@@ -188,7 +189,7 @@ def _fast_entry(packed: PackedWeight, active_bits: int) -> tuple | None:
     qw = packed.qweight
     inp = getattr(packed, "input_scale", None)
     if ent is not None and ent[0]() is packed and ent[1] is qw and ent[2] == qw._version and ent[3] is inp \
-            and (inp is None or ent[4] == inp._version):
+            and (inp is None or ent[4] == inp._version) and ent[7] == qw.data_ptr():
         per = ent[5]
     else:
         if unsupported_reason(packed) is not None:
@@ -206,20 +207,21 @@ def _fast_entry(packed: PackedWeight, active_bits: int) -> tuple | None:
         per = {}
         with _FAST_LOCK:
             _FAST[key] = [_weakref.ref(packed, drop), qw, qw._version, inp, None if inp is None else inp._version,
-                          per, kw]
+                          per, kw, qw.data_ptr()]
     try:
         scales, zeros = packed.scale_zero(active_bits)
     except ConfigError:  # a precision the weight does not store: the checked path says so
         return None
     hit = per.get(active_bits)
     if hit is not None and hit[0] is scales and hit[1] == scales._version and hit[2] is zeros and \
-            (zeros is None or hit[3] == zeros._version):
+            (zeros is None or (hit[3] == zeros._version and hit[6] == zeros.data_ptr())) and hit[5] == scales.data_ptr():
         return hit[4]
     kw = _FAST[key][6]
     sp, szp, sh, zh = kw.pointers(packed, active_bits)  # shapes, dtypes, contiguity checked there
     inp_ptr = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
     info = (kw, sp, szp, sh, zh, inp_ptr, kw.planes.data_ptr(), kw.lut8_reason is None)
-    per[active_bits] = (scales, scales._version, zeros, None if zeros is None else zeros._version, info)
+    per[active_bits] = (scales, scales._version, zeros, None if zeros is None else zeros._version, info,
+                        scales.data_ptr(), None if zeros is None else zeros.data_ptr())
     return info
 
 
