@@ -36,7 +36,7 @@ bench: $(STAMP)
 
 # analysis + exact allocation + GPTQ on MiniLM at 4/3/2.5/2/1.75 bits, uniform rows and peers (~25 min)
 bench-mixed: $(STAMP)
-	$(PY) benchmarks/mixed.py --refine --write docs/BENCHMARKS.md
+	$(PY) benchmarks/mixed.py --refine --sequential-batches 128 --write docs/BENCHMARKS.md
 
 # distillation on MiniLM: 2.0 and 3.0 bits from the committed sensitivity table (benchmarks/mixed.py --sens
 # made it), then nested 4/3/2 against each precision trained alone (~2 hours: six training runs)

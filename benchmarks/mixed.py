@@ -14,6 +14,10 @@ overlap); nothing it is judged on is used for calibration:
 3. **additivity**: each plan's predicted loss (sum of its cells) against its measured loss on the
    calibration batches; ``--refine`` adds a measured refinement of each plan within its budget;
 4. **quantization** of a copy by each plan (``quantize_`` with the same Hessians), then evaluation;
+   with ``--sequential-batches N`` also a "sequential" row per budget: the same plan quantized by
+   ``quantize_(..., sequential=True)`` on ``N`` calibration batches (``nn.sequential``: layers in forward
+   order, each fitted on the partly quantized model's inputs toward the float outputs; beyond 32 batches the
+   MiniLM spec continues with its distillation sentences, never the evaluation ones);
 5. **uniform** rows for 8/4/3/2 bits: round-to-nearest (asymmetric, group 64, ALS, the best uniform
    RTN choice of ``benchmarks/quality.py``) and GPTQ with the same grid;
 6. **peers** from ``benchmarks/peers.py`` when installed (``benchmarks/requirements-peers.txt``), at
@@ -22,18 +26,24 @@ overlap); nothing it is judged on is used for calibration:
 Wall times: ``analysis s`` is measuring the table (once, shared by every mixed row), ``alloc s``
 solving one budget, ``quantize s`` quantizing one copy (peers: their own quantization).
 
+Kernels: the whole run uses ``--kernel`` (``$BITSFUSION_KERNEL``; default ``reference``, exact arithmetic,
+so the table measures the weights); each sequential row is also evaluated on the native kernels' own choice
+(``auto``: int8 activations for more than 4 rows), printed under the table.
+
 Usage::
 
     python benchmarks/mixed.py                                  # the full table (~20 min on 2 cores)
     python benchmarks/mixed.py --sens /tmp/sens.json            # keep/resume the sensitivity table
     python benchmarks/mixed.py --write docs/BENCHMARKS.md       # rewrite the mixed-precision section
     python benchmarks/mixed.py --smoke                          # 2 layers' worth of candidates (seconds)
+    python benchmarks/mixed.py --refine --sequential-batches 128 --write docs/BENCHMARKS.md   # as documented
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -105,6 +115,24 @@ def mixed_row(spec, reference, plan, name: str, hessians, alloc_s: float, point)
     return row
 
 
+def sequential_row(spec, reference, plan, name: str, batches, alloc_s: float) -> Row:
+    row = Row(name, plan.bits_per_weight, plan.paper_bits_per_weight, alloc_s=alloc_s)
+    model = copy.deepcopy(reference)
+    start = time.perf_counter()
+    quantize_(model, plan.plan(), progress=False, calibration_data=batches, forward=spec.run, sequential=True)
+    row.quantize_s = time.perf_counter() - start
+    row.scores = spec.evaluate(reference, model)
+    kernel = os.environ.get("BITSFUSION_KERNEL")
+    os.environ["BITSFUSION_KERNEL"] = "auto"
+    try:
+        native = spec.evaluate(reference, model)
+    finally:
+        os.environ["BITSFUSION_KERNEL"] = kernel or ""
+    row.note = (f"{name}: mean cosine {native['mean_cos']:.4f}, p5 {native['p5_cos']:.4f}, top-10 "
+                f"{native['top10_overlap']:.4f} on the native kernels (auto)")
+    return row
+
+
 def peer_rows(spec, reference, only: list[str]) -> list[Row]:
     rows = []
     for name, fn in peers.PEERS.items():
@@ -148,6 +176,8 @@ def markdown(rows: list[Row], command: str, analysis: str, seconds: float) -> st
         "measured loss | alloc s | quantize s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(row_line(r) for r in rows),
+        *([""] + [f"- {r.note}" for r in rows if r.scores is not None and r.note]
+          if any(r.scores is not None and r.note for r in rows) else []),
     ])
 
 
@@ -165,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=8, help="calibration batches each cell's loss is measured on")
     ap.add_argument("--hessian-batches", type=int, default=32, help="calibration batches of the input Hessians")
     ap.add_argument("--refine", action="store_true", help="also a measured refinement of each plan")
+    ap.add_argument("--sequential-batches", type=int, default=0,
+                    help="also each plan quantized sequentially on this many calibration batches (0 = no)")
+    ap.add_argument("--kernel", default="reference", help="$BITSFUSION_KERNEL for the run (auto, reference, ...)")
     ap.add_argument("--peers", default="torch-int8,hqq,quanto,bnb-nf4", help="peer name filters ('' = none)")
     ap.add_argument("--sens", type=Path, help="sensitivity table JSON to keep/resume")
     ap.add_argument("--smoke", action="store_true", help="2 and 4 bits, group 64, one budget, no peers")
@@ -172,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         args.bits, args.group_sizes, args.budgets, args.uniform, args.peers = "2,4", "64", "3", "", ""
-        args.batches, args.hessian_batches = 2, 4
+        args.batches, args.hessian_batches, args.sequential_batches = 2, 4, 2
     command = ("python benchmarks/mixed.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     started = time.perf_counter()
+    os.environ["BITSFUSION_KERNEL"] = args.kernel
     spec = get_model_spec("minilm")
     reference = spec.build()
     reference_embeddings(reference)
@@ -199,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = OutputProbe(reference, loss_batches, names, run=spec.run, loss=resolve_loss("mse")[1],
                         hessian_batches=h_batches)
     hessians = {n: probe.hessian(n) for n in names}
+    seq_batches = spec.calibration(args.sequential_batches) if args.sequential_batches else None
     rows: list[Row] = []
     for b in _ints(args.uniform):
         for cal in ("none", "gptq"):
@@ -216,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         point = check_additivity(probe, [plan])[0]
         rows.append(mixed_row(spec, reference, plan, f"mixed <= {budget:g}", hessians, alloc_s, point))
         print(row_line(rows[-1]), file=sys.stderr, flush=True)
+        if seq_batches is not None:
+            rows.append(sequential_row(spec, reference, plan, f"mixed <= {budget:g} sequential", seq_batches,
+                                       alloc_s))
+            print(row_line(rows[-1]), rows[-1].note, file=sys.stderr, flush=True)
         if args.refine:
             t1 = time.perf_counter()
             refined = refine(probe, table, plan, progress=False)

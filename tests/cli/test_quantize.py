@@ -56,6 +56,18 @@ def test_plan_file_and_skip(runner: CliRunner, tmp_path: Path) -> None:
     assert bits == {"patch": 2, "fc1": 3, "head": 8}
 
 
+def test_sequential_gptq_plan(runner: CliRunner, tmp_path: Path) -> None:
+    """Convs and linears of the tiny model fitted in forward order on its calibration batches."""
+    plan = tmp_path / "plan.json"
+    BitPlan(default=QScheme(bits=3, group_size=16, calibration="gptq")).save(plan)
+    out = tmp_path / "seq"
+    result = runner.invoke(app, ["quantize", "tiny", "--plan", str(plan), "--sequential", "--calibration-batches",
+                                 "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    layers = read_manifest(out)["layers"]
+    assert set(layers) == TINY_QUANTIZABLE and {e["scheme"]["calibration"] for e in layers.values()} == {"gptq"}
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -63,8 +75,9 @@ def test_plan_file_and_skip(runner: CliRunner, tmp_path: Path) -> None:
         (["tiny", "--grid", "balanced", "--nested", "2"], ["balanced grid does not nest"]),
         (["tiny", "--plan", "{missing}"], ["plan file not found"]),
         (["bitsfusion.zoo.tiny:nothing"], ["has no callable 'nothing'"]),
+        (["tiny", "--sequential"], ["--sequential", "no calibrated scheme"]),
     ],
-    ids=["unknown-model", "balanced-nested", "missing-plan", "bad-factory"],
+    ids=["unknown-model", "balanced-nested", "missing-plan", "bad-factory", "sequential-uncalibrated"],
 )
 def test_user_errors_are_one_red_line(
     assert_one_line_error, runner: CliRunner, tmp_path: Path, args: list[str], fragments: list[str],

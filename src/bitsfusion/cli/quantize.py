@@ -75,6 +75,10 @@ def quantize_command(
     calibration: str = typer.Option("gptq", help="mixed precision: quantizers competing per bits, e.g. none,gptq"),
     candidate_groups: str = typer.Option("64,128,0", "--candidate-groups",
                                          help="mixed precision: group sizes competing per layer (0 = per channel)"),
+    sequential: bool = typer.Option(False, "--sequential",
+                                    help="fit calibrated layers in forward order to the float outputs (nn.sequential)"),
+    calibration_batches: int = typer.Option(HESSIAN_BATCHES, "--calibration-batches", min=1,
+                                            help="calibration batches for calibrated schemes (minilm: 16 sentences each)"),
 ) -> None:
     """Quantize MODEL and save it as an artifact (bit-planes + manifest); print the per-layer report."""
     console = Console()
@@ -95,22 +99,30 @@ def quantize_command(
                                pins=pin, percentile=90.0)
         for line in summary_lines(result, table.metric):
             console.print(line, highlight=False)
-        _quantize_and_save(console, module, result.plan(), source, out, spec)
+        _quantize_and_save(console, module, result.plan(), source, out, spec, sequential, calibration_batches)
         return
     with console.status(f"loading {model}"):
         module, source, spec = resolve_model(model)
     the_plan = build_plan(scheme, plan, skip, spec.default_skip if spec is not None else ())
-    _quantize_and_save(console, module, the_plan, source, out, spec)
+    _quantize_and_save(console, module, the_plan, source, out, spec, sequential, calibration_batches)
 
 
 def _quantize_and_save(
-    console: Console, module: Any, the_plan: BitPlan, source: Any, out: Path, spec: ModelSpec | None
+    console: Console, module: Any, the_plan: BitPlan, source: Any, out: Path, spec: ModelSpec | None,
+    sequential: bool = False, calibration_batches: int = HESSIAN_BATCHES,
 ) -> None:
     """Quantize by the plan (calibrated schemes get the spec's calibration batches), save, print the report."""
     calibrated = any(s is not None and s.calibration.uses_inputs for s in (the_plan.default, *the_plan.rules.values()))
     kwargs: dict[str, Any] = {}
+    if sequential and (spec is None or not calibrated):
+        raise ConfigError("--sequential fits calibrated layers (a gptq/awq scheme) on the bundled model's calibration "
+                          "batches; " + ("this plan has no calibrated scheme (use --calibration gptq or a plan "
+                                         "with calibration)" if spec is not None else
+                                         "this model has none: quantize a bundled model, or call "
+                                         "quantize_(..., calibration_data=batches, sequential=True) from Python"))
     if calibrated and spec is not None:
-        kwargs = {"calibration_data": spec.calibration(HESSIAN_BATCHES), "forward": spec.run}
+        kwargs = {"calibration_data": spec.calibration(calibration_batches), "forward": spec.run,
+                  "sequential": sequential}
     report = quantize_(module, the_plan, progress=True, **kwargs)
     path = save(module, out, source=source)
     console.print(report.summary())

@@ -14,7 +14,8 @@ For each module, in ``named_modules`` order, the plan (``BitPlan.resolve``) deci
 
 Calibrated schemes read ``hessians[fqn]`` (``collect_hessians``). ``calibration_data=batches``
 collects them first, from the float model, for the planned calibrated layers only (one pass over
-the batches before any layer is swapped).
+the batches before any layer is swapped). ``sequential=True`` instead fits the calibrated layers one stage
+at a time in forward order on the partly quantized model's inputs (``nn.sequential``).
 
 A module reachable under several names (shared) is quantized once, under its first name, and
 every reference to it is swapped. An exact plan rule that names no module of the model is
@@ -23,6 +24,7 @@ reported as a warning (a typo would otherwise silently leave a layer in the defa
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from ..types import QScheme
 from .calibrate import collect_hessians, hessian_unsupported
 from .precision import SwitchablePrecision
 from .qmodule import QModule, qmodule_for, registered_float_types
+from .sequential import MIN_ROWS_PER_INPUT, first_call_order, stage_statistics, target_weight
 
 __all__ = ["quantize_", "apply_plan", "LayerBuilder", "QuantizeReport", "QuantizedLayer", "SkippedModule", "module_references"]
 
@@ -168,6 +171,7 @@ def quantize_(
     hessians: Mapping[str, torch.Tensor] | None = None,
     calibration_data: Iterable[Any] | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
+    sequential: bool = False,
 ) -> QuantizeReport:
     """Quantize ``model`` in place by ``plan``; return what was quantized and what was skipped, and why.
 
@@ -180,9 +184,14 @@ def quantize_(
     is calibrated; such a layer without one is skipped with the reason. ``calibration_data``
     (batches for ``forward(model, batch)``, see ``collect_hessians``) collects them here instead;
     giving both is a ``ConfigError``.
+
+    ``sequential=True`` (needs ``calibration_data``) quantizes the calibrated layers in forward order, each
+    from its inputs in the partly quantized model and toward the float model's output (``nn.sequential``):
+    slower (two passes over the batches per stage) and better at 3 bits and below. A layer's
+    ``weight_error`` is then measured against that target weight.
     """
     return apply_plan(model, plan, _pack, progress=progress, filter_fn=filter_fn, hessians=hessians,
-                      calibration_data=calibration_data, forward=forward)
+                      calibration_data=calibration_data, forward=forward, sequential=sequential)
 
 
 def apply_plan(
@@ -196,15 +205,19 @@ def apply_plan(
     calibration_data: Iterable[Any] | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
     verb: str = "quantizing",
+    sequential: bool = False,
 ) -> QuantizeReport:
     """``quantize_``'s walk with another ``build``: every planned layer is swapped for what ``build`` returns.
 
     ``train.qat.prepare`` swaps in fake-quant layers this way, so both see the same layers, skips,
     Hessians and report. The built module must have ``scheme``, ``shape`` and ``weight_error``.
     """
+    caller = "quantize_" if build is _pack else "prepare"
     if calibration_data is not None and hessians is not None:
-        raise ConfigError(f"{'quantize_' if build is _pack else 'prepare'}: pass hessians= or calibration_data=, "
-                          "not both")
+        raise ConfigError(f"{caller}: pass hessians= or calibration_data=, not both")
+    if sequential and calibration_data is None:
+        raise ConfigError(f"{caller}: sequential=True fits each layer on calibration batches; pass "
+                          "calibration_data=batches (hessians= describe the float model only)")
     report = QuantizeReport(warnings=_typo_warnings(model, plan))
     refs = module_references(model)
     todo: list[tuple[str, nn.Module, QScheme, str]] = []
@@ -225,6 +238,10 @@ def apply_plan(
                                                 "wrap it, e.g. nn.Sequential(layer)", plan.explain(fqn)))
         else:
             todo.append((fqn, module, scheme, plan.explain(fqn)))
+    if sequential:
+        assert calibration_data is not None
+        _apply_sequential(report, refs, todo, model, list(calibration_data), forward, build, progress, verb)
+        return report
     if calibration_data is not None:
         wanted = [fqn for fqn, m, sc, _ in todo if sc.calibration.uses_inputs and hessian_unsupported(m) is None]
         hessians = collect_hessians(model, calibration_data, forward=forward, names=wanted, progress=progress)
@@ -245,10 +262,78 @@ def apply_plan(
     return report
 
 
+def _apply_sequential(
+    report: QuantizeReport, refs: dict[int, list[tuple[nn.Module, str]]],
+    todo: list[tuple[str, nn.Module, QScheme, str]], model: nn.Module, batches: list[Any],
+    forward: Callable[[nn.Module, Any], Any] | None, build: LayerBuilder, progress: bool, verb: str,
+) -> None:
+    """``apply_plan`` with ``sequential=True``: see ``nn.sequential``."""
+    if not batches:
+        raise ConfigError("sequential calibration got no calibration batches; pass a non-empty list of model inputs")
+    fitted = {fqn: m for fqn, m, sc, _ in todo if sc.calibration.uses_inputs and hessian_unsupported(m) is None}
+    swapped: dict[str, tuple[nn.Module, nn.Module]] = {}  # fqn -> (float original, its replacement)
+
+    def install(which: int) -> None:
+        for pair in swapped.values():
+            for parent, name in refs[id(pair[0])]:
+                setattr(parent, name, pair[which])
+
+    for fqn, module, scheme, rule in todo:  # inputs not read: quantized first, so every stage sees them so
+        if fqn not in fitted:
+            q = _swap_one(report, refs, fqn, module, scheme, rule, None, build)
+            if q is not None:
+                swapped[fqn] = (module, q)
+    stages, repeated = first_call_order(model, fitted, batches[0], forward)
+    entries = {fqn: (module, scheme, rule) for fqn, module, scheme, rule in todo}
+    bar = _progress(len(stages), progress, verb + " (sequential)")
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("", total=len(stages))
+    try:
+        for stage in stages:
+            if bar is not None:
+                bar.update(task, description=stage[0])
+            lead = fitted[stage[0]]
+            h, c, rows = stage_statistics(model, lead, batches, lambda: install(0), lambda: install(1),
+                                          forward=forward, stop_early=not any(f in repeated for f in stage))
+            if rows < MIN_ROWS_PER_INPUT * h.shape[0]:
+                report.warnings.append(
+                    f"sequential calibration fitted {', '.join(stage)} on {rows} input rows for {h.shape[0]} inputs; "
+                    f"with fewer than {MIN_ROWS_PER_INPUT} rows per input the target weight follows the batches "
+                    "(measured: worse than sequential=False); give more calibration batches")
+            for fqn in stage:
+                module, scheme, rule = entries[fqn]
+                qcls = qmodule_for(module)
+                assert qcls is not None
+                source = copy.deepcopy(module)
+                with torch.no_grad():
+                    w = qcls.weight_matrix(module)
+                    source.weight.copy_(target_weight(w, h, c).to(w.dtype).view_as(source.weight))
+                q = _swap_one(report, refs, fqn, module, scheme, rule, {fqn: h.to(torch.float32)}, build,
+                              source=source)
+                if q is not None:
+                    swapped[fqn] = (module, q)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        install(1)
+        if bar is not None:
+            bar.stop()
+    reached = {fqn for stage in stages for fqn in stage}
+    for fqn, module, scheme, rule in todo:
+        if fqn in fitted and fqn not in reached:
+            report.skipped.append(SkippedModule(fqn, type(module).__name__, f"{SKIP_NO_HESSIAN} "
+                                                f"({scheme.calibration.value}): no calibration batch reaches it",
+                                                rule))
+
+
 def _swap_one(
     report: QuantizeReport, refs: dict[int, list[tuple[nn.Module, str]]], fqn: str, module: nn.Module,
     scheme: QScheme, rule: str, hessians: Mapping[str, torch.Tensor] | None, build: LayerBuilder,
-) -> None:
+    source: nn.Module | None = None,
+) -> nn.Module | None:
+    """Swap ``module`` (every reference to it) for ``build``'s result and report it; None when skipped.
+    ``source``: the module ``build`` quantizes instead of ``module`` (a copy holding another weight)."""
     qcls = qmodule_for(module)
     assert qcls is not None
     hessian = None
@@ -260,12 +345,12 @@ def _swap_one(
                    "calibration_data=batches to quantize_")
             report.skipped.append(SkippedModule(fqn, type(module).__name__, f"{SKIP_NO_HESSIAN} "
                                                 f"({scheme.calibration.value}): {fix}", rule))
-            return
+            return None
     try:
-        q = build(qcls, module, scheme, hessian)
+        q = build(qcls, module if source is None else source, scheme, hessian)
     except UnsupportedLayer as e:
         report.skipped.append(SkippedModule(fqn, type(module).__name__, f"unsupported: {e}", rule))
-        return
+        return None
     for parent, name in refs[id(module)]:
         setattr(parent, name, q)
     report.quantized.append(QuantizedLayer(
@@ -273,3 +358,4 @@ def _swap_one(
         nbytes=packed_nbytes(scheme, q.shape),  # type: ignore[arg-type]
         bits_per_weight=bits_per_weight(scheme, q.shape), weight_error=float(q.weight_error), rule=rule,  # type: ignore[arg-type]
     ))
+    return q

@@ -232,11 +232,13 @@ def prepare(
     hessians: Mapping[str, torch.Tensor] | None = None,
     calibration_data: Iterable[Any] | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
+    sequential: bool = False,
 ) -> QuantizeReport:
     """Swap ``plan``'s layers for fake-quant layers started from their PTQ result, in place (see the module
-    docstring). Arguments and report as ``quantize_``'s (``nbytes`` is what ``convert`` will store)."""
+    docstring). Arguments and report as ``quantize_``'s (``nbytes`` is what ``convert`` will store);
+    ``sequential=True`` starts from sequential PTQ (``nn.sequential``; the latent weight is its target)."""
     return apply_plan(model, plan, _build_fake, progress=progress, filter_fn=filter_fn, hessians=hessians,
-                      calibration_data=calibration_data, forward=forward, verb="preparing")
+                      calibration_data=calibration_data, forward=forward, verb="preparing", sequential=sequential)
 
 
 def fake_quant_layers(model: nn.Module) -> list[tuple[str, FakeQuantMixin]]:
