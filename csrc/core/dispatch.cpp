@@ -296,11 +296,23 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
             impl.prepare_q8(&ar, &sr);
         });
     }
-    // LUT8: per-group int32 sums (portable/AVX2 paths); INT8: a panel of row-block pairs' codes.
-    const size_t per_worker = lut ? (size_t)8 * NG * 16 * sizeof(int32_t) : (size_t)1024 * Q * bf_int8_panel_pairs(Q);
-    std::vector<std::vector<uint64_t>> work_buf(nt, std::vector<uint64_t>((per_worker + 7) / 8));
+    // LUT8: per-group int32 sums (portable/AVX2 paths), zeroed; INT8: the codes of at most a panel of row-block
+    // pairs (AVX-512: 2P blocks of 512 Q bytes, no more than the worker's own blocks; AVX2: one block as int16,
+    // 1024 Q bytes; portable: 512 Q), left uninitialised: every tile byte is unpacked before it is read. A
+    // panel-sized zero-filled buffer per worker (256 KB) cost more than a MiniLM-sized product at 16 rows.
+    std::vector<std::vector<uint64_t>> lut_buf;
+    std::vector<std::unique_ptr<uint64_t[]>> int8_buf;
+    if (lut) {
+        lut_buf.assign(nt, std::vector<uint64_t>(((size_t)8 * NG * 16 * sizeof(int32_t) + 7) / 8));
+    } else {
+        int64_t per = (NB + nt - 1) / nt;
+        per = (per + 1) / 2 * 2;  // fan_out's range with align = 2
+        const int64_t blocks = std::min<int64_t>(2 * bf_int8_panel_pairs(Q), per);
+        const size_t bytes = (size_t)std::max<int64_t>(1024 * Q, blocks * 512 * Q);
+        for (int t = 0; t < nt; ++t) int8_buf.emplace_back(new uint64_t[(bytes + 7) / 8]);
+    }
     fan_out(NB, nt, lut ? 1 : 2, [&](int t, int64_t b0, int64_t b1) {
-        impl.rows_q8(&a, &s, b0, b1, work_buf[t].data());
+        impl.rows_q8(&a, &s, b0, b1, lut ? (void*)lut_buf[t].data() : (void*)int8_buf[t].get());
     });
 }
 
