@@ -44,6 +44,8 @@ bench-distill: $(STAMP)
 	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed2 --write docs/BENCHMARKS.md
 	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed3 --lr 4e-5 --scale-lr 4e-4 \
 		--write docs/BENCHMARKS.md
+	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed3-seq --lr 4e-5 --scale-lr 4e-4 \
+		--write docs/BENCHMARKS.md
 	$(PY) benchmarks/distill.py --cases nested,uniform2,uniform3,uniform4 --nested-steps 800 --write docs/BENCHMARKS.md
 
 # BitsFusion on the digits UNet: 1000 samples x 50 DDIM steps per model, 1500 + 300 training steps (~30 min)

@@ -4,7 +4,9 @@ Cases (each a separate training run from the post-training result; ``--cases`` p
 
 - ``mixed2`` / ``mixed3``: the exact allocation at 2.0 / 3.0 stored bits per weight (every byte counted) of
   the sensitivity table ``--sens`` (``benchmarks/mixed.py --sens`` writes one; without it the table is
-  measured here, ~7 min), GPTQ start, distilled ``--steps`` steps;
+  measured here, ~7 min), GPTQ start, distilled ``--steps`` steps; ``mixed2-seq`` / ``mixed3-seq``: the same
+  started from sequential GPTQ (``prepare(..., sequential=True)`` on ``--sequential-batches`` calibration
+  batches, ``nn.sequential``);
 - ``nested``: uniform 4-bit asymmetric group-64 GPTQ storing 3 and 2 bits too, trained with the loss summed
   over 4, 3 and 2 active bits (``--nested-steps``), against ``uniform4`` / ``uniform3`` / ``uniform2``:
   the same scheme without nesting, each trained ``--nested-steps`` steps at its own precision alone.
@@ -66,8 +68,8 @@ def _plan_from_table(sens: Path | None, avg_bits: float, skip: tuple[str, ...]) 
 def _case(name: str, args: argparse.Namespace, skip: tuple[str, ...]) -> tuple[BitPlan, DistillConfig, tuple[int, ...]]:
     steps, nsteps = args.steps, args.nested_steps
     common = {"lr": args.lr, "scale_lr": args.scale_lr, "eval_every": args.eval_every, "seed": 0}
-    if name in ("mixed2", "mixed3"):
-        plan = _plan_from_table(args.sens, 2.0 if name == "mixed2" else 3.0, skip)
+    if name in ("mixed2", "mixed3", "mixed2-seq", "mixed3-seq"):
+        plan = _plan_from_table(args.sens, 2.0 if name.startswith("mixed2") else 3.0, skip)
         return plan, DistillConfig(steps=steps, **common), ()
     if name == "nested":
         plan = BitPlan(default=NESTED, rules={rule: None for rule in skip})
@@ -75,7 +77,8 @@ def _case(name: str, args: argparse.Namespace, skip: tuple[str, ...]) -> tuple[B
     if name.startswith("uniform") and int(name[-1]) in UNIFORM:
         plan = BitPlan(default=UNIFORM[int(name[-1])], rules={rule: None for rule in skip})
         return plan, DistillConfig(steps=nsteps, **common), ()
-    raise SystemExit(f"unknown case {name!r}; cases: mixed2, mixed3, nested, uniform4, uniform3, uniform2")
+    raise SystemExit(f"unknown case {name!r}; cases: mixed2, mixed3, mixed2-seq, mixed3-seq, nested, uniform4, "
+                     "uniform3, uniform2")
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -86,8 +89,10 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
         config = DistillConfig(**{**config.to_dict(), "steps": 4, "eval_every": 2})
     teacher, student = spec.build(), spec.build()
     t0 = time.perf_counter()
-    report = prepare(student, plan, calibration_data=spec.calibration(4 if args.smoke else HESSIAN_BATCHES),
-                     forward=spec.run, progress=False)
+    seq = name.endswith("-seq")  # started from sequential post-training quantization (nn.sequential)
+    n_batches = 4 if args.smoke else (args.sequential_batches if seq else HESSIAN_BATCHES)
+    report = prepare(student, plan, calibration_data=spec.calibration(n_batches), forward=spec.run, progress=False,
+                     sequential=seq)
     prepare_s = time.perf_counter() - t0
     levels = bits or (None,)
 
@@ -160,17 +165,21 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
                               + (f", loss over {cfg['bits']} bits" if cfg["bits"] else "")))
         lines.append(_row(f"{name} distilled, packed", bpw, r["packed"], f"recorded {r['date']}"))
     targets = []
-    if "mixed2" in results:
-        r = results["mixed2"]
+    for name in ("mixed2", "mixed2-seq"):
+        if name not in results:
+            continue
+        r = results[name]
         a, minutes = r["after"]["stored"], r["train_s"] / 60
         ok = a["mean_cos"] >= 0.95 and a["top10_overlap"] >= 0.80 and r["bits_per_weight"] <= 2.0 and minutes <= 30
-        targets.append(f"- <= 2.0 bits: mean cosine >= 0.95 and top-10 >= 0.80 in <= 30 min of training: "
+        targets.append(f"- <= 2.0 bits ({name}): mean cosine >= 0.95 and top-10 >= 0.80 in <= 30 min of training: "
                        f"{'met' if ok else 'NOT met'} ({a['mean_cos']:.4f}, {a['top10_overlap']:.3f}, {minutes:.1f} min)")
-    if "mixed3" in results:
-        r = results["mixed3"]
+    for name in ("mixed3", "mixed3-seq"):
+        if name not in results:
+            continue
+        r = results[name]
         a, minutes = r["after"]["stored"], r["train_s"] / 60
         ok = a["mean_cos"] >= 0.99 and r["bits_per_weight"] <= 3.0 and minutes <= 30
-        targets.append(f"- <= 3.0 bits: mean cosine >= 0.99 in <= 30 min: {'met' if ok else 'NOT met'} "
+        targets.append(f"- <= 3.0 bits ({name}): mean cosine >= 0.99 in <= 30 min: {'met' if ok else 'NOT met'} "
                        f"({a['mean_cos']:.4f}, {minutes:.1f} min)")
     if targets:
         lines += ["", "Targets (issue 5):", "", *targets]
@@ -191,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sens", type=Path, help="sensitivity table for the mixed cases (benchmarks/mixed.py --sens)")
     ap.add_argument("--steps", type=int, default=4000, help="steps of the mixed cases")
     ap.add_argument("--nested-steps", type=int, default=1000, help="steps of the nested and uniform cases")
+    ap.add_argument("--sequential-batches", type=int, default=128,
+                    help="calibration batches of the -seq cases' sequential post-training start")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--scale-lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=500)
