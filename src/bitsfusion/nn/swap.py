@@ -278,7 +278,7 @@ def _apply_sequential(
             for parent, name in refs[id(pair[0])]:
                 setattr(parent, name, pair[which])
 
-    for fqn, module, scheme, rule in todo:  # inputs not read: quantized first, so every stage sees them so
+    for fqn, module, scheme, rule in todo:  # schemes that read no inputs go first: every stage sees them quantized
         if fqn not in fitted:
             q = _swap_one(report, refs, fqn, module, scheme, rule, None, build)
             if q is not None:
