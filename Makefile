@@ -34,7 +34,7 @@ bench-smoke: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/quality.py --write docs/BENCHMARKS.md
 
-# analysis + exact allocation + GPTQ on MiniLM at 4/3/2.5/2/1.75 bits, uniform rows and peers (~25 min)
+# analysis + exact allocation + GPTQ (plain and sequential) on MiniLM at 4/3/2.5/2/1.75 bits, uniform rows and peers (~35 min)
 bench-mixed: $(STAMP)
 	$(PY) benchmarks/mixed.py --refine --sequential-batches 128 --write docs/BENCHMARKS.md
 

@@ -127,7 +127,10 @@ def sequential_row(spec, reference, plan, name: str, batches, alloc_s: float) ->
     try:
         native = spec.evaluate(reference, model)
     finally:
-        os.environ["BITSFUSION_KERNEL"] = kernel or ""
+        if kernel is None:
+            os.environ.pop("BITSFUSION_KERNEL", None)
+        else:
+            os.environ["BITSFUSION_KERNEL"] = kernel
     row.note = (f"{name}: mean cosine {native['mean_cos']:.4f}, p5 {native['p5_cos']:.4f}, top-10 "
                 f"{native['top10_overlap']:.4f} on the native kernels (auto)")
     return row
