@@ -263,7 +263,7 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
     std::vector<uint8_t> tab8(lut ? M * 128 * Q : 0);
     std::unique_ptr<int8_t[]> xq(lut ? nullptr : new int8_t[(size_t)(M * K32)]);
     std::unique_ptr<int8_t[]> xqt(lut ? nullptr : new int8_t[(size_t)((M + 5) / 6 * 6 * K32)]);
-    std::vector<int32_t> xqsum(lut ? 0 : M * NG);
+    std::vector<float> xqsum(lut ? 0 : M * NG);
     bf_q8_scratch s{xs.get(), xsum.data(), tab8.data(), tpar.data(), tstat.data(), xq.get(), xqt.get(), sx.data(),
                     xqsum.data(), 0};
     const double work = (double)a.n * (double)K32 * (double)M * (lut ? a.active_bits / 8.0 : 1.0);

@@ -61,7 +61,7 @@ static void int8_rows_portable(const bf_linear_args* a, const bf_q8_scratch* s, 
                     int32_t d = 0;
                     for (int64_t k = k0; k < k1; ++k) d += (int32_t)codes[r * K32 + k] * xq[k];
                     acc = sc[16 * g + r] * (float)d + acc;
-                    acc = acc - sz[16 * g + r] * (float)s->xqsum[m * NG + g];
+                    acc = acc - sz[16 * g + r] * s->xqsum[m * NG + g];
                 }
                 f[r] = s->sx[m] * acc;
             }

@@ -71,7 +71,7 @@ static void lut8_tables(const bf_linear_args* a, const float* xs, uint8_t* tab8,
 }
 
 template <class O>
-static void int8_quantize(const bf_linear_args* a, const float* xs, int8_t* xq, float* sx, int32_t* xqsum) {
+static void int8_quantize(const bf_linear_args* a, const float* xs, int8_t* xq, float* sx, float* xqsum) {
     using V = typename O::V;
     const int64_t K32 = 32 * kquarts(a), NG = a->n_groups, gk = 8 * a->group_kb;
     for (int64_t m = 0; m < a->m; ++m) {
@@ -91,7 +91,7 @@ static void int8_quantize(const bf_linear_args* a, const float* xs, int8_t* xq, 
             const int64_t k0 = g * gk, k1 = g == NG - 1 ? K32 : k0 + gk;
             int32_t sum = 0;
             for (int64_t k = k0; k < k1; ++k) sum += qm[k];
-            xqsum[m * NG + g] = sum;
+            xqsum[m * NG + g] = (float)sum;  // exact: |sum| <= 127 K < 2^24 (repack refuses K >= 131072)
         }
     }
 }

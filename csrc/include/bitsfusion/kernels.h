@@ -56,7 +56,7 @@ typedef struct bf_linear_args {
 //   INT8:
 //     xq     int8  [m][K32]        round(x' / sx[m]), |xq| <= 127, zero past K
 //     sx     float [m]             max_k |x'[m,k]| / 127
-//     xqsum  int32 [m][NG]         per-group sums of xq
+//     xqsum  float [m][NG]         per-group sums of xq (integers, exact in float for K < 132k)
 //     xqt    int8  [ceil(m/6)][K32/4][6][4]  xq by tiles of 6 rows, then k-quad, for the AVX-512 GEMM: the 6 rows
 //            of its register tile read one contiguous stream (rows past m are not written nor read)
 //     tile8  uint8 [2P][8Q][16][4] per worker thread (P = bf_int8_panel_pairs(Q)): codes of P pairs of row
@@ -70,7 +70,7 @@ typedef struct bf_q8_scratch {
     int8_t* xq;
     int8_t* xqt;      // [ceil(m/6)][K32/4][6][4] INT8 only (AVX-512): xq of 6 rows' k-quads side by side
     float* sx;
-    int32_t* xqsum;
+    float* xqsum;
     int64_t xqt_m0;   // the first row of this (part of a) call: a preparation of rows m0.. writes xqt (the
                       // whole call's, not offset) at rows m0 + m
 } bf_q8_scratch;

@@ -127,7 +127,7 @@ static void int8_micro(const bf_linear_args* a, const bf_q8_scratch* s, int64_t 
             const __m256 zg = _mm256_loadu_ps(a->szs + (nb * NG + g) * 16 + 8 * h);
             UNROLL for (int mm = 0; mm < MT; ++mm) {
                 f[mm][h] = _mm256_fmadd_ps(sg, _mm256_cvtepi32_ps(d[mm][h]), f[mm][h]);
-                f[mm][h] = _mm256_fnmadd_ps(zg, _mm256_set1_ps((float)s->xqsum[(m0 + mm) * NG + g]), f[mm][h]);
+                f[mm][h] = _mm256_fnmadd_ps(zg, _mm256_set1_ps(s->xqsum[(m0 + mm) * NG + g]), f[mm][h]);
             }
         }
     }

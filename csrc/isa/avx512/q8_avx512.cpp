@@ -202,7 +202,7 @@ static void int8_tile_regs(const bf_linear_args* a, const bf_q8_scratch* s, int6
             }
         }
         __m512 xs[MT];
-        UNROLL for (int mm = 0; mm < MT; ++mm) xs[mm] = _mm512_set1_ps((float)s->xqsum[(m0 + mm) * NG + g]);
+        UNROLL for (int mm = 0; mm < MT; ++mm) xs[mm] = _mm512_set1_ps(s->xqsum[(m0 + mm) * NG + g]);
         UNROLL for (int t = 0; t < NT; ++t) {
             const __m512 sg = _mm512_loadu_ps(a->scales + ((nb + t) * NG + g) * 16);
             const __m512 zg = _mm512_loadu_ps(a->szs + ((nb + t) * NG + g) * 16);
