@@ -13,7 +13,8 @@ group 64) where this torch has it; the memory floor (bytes our call must read: t
 scales in the kernel layout, over the copy bandwidth ``dst.copy_(src)`` of 256 MB measured in the same run,
 read + written bytes per second); ratios > 1 mean ours is faster. Timings include the Python dispatch
 (``kernels.dispatch.linear``), as a model sees. Then MiniLM end to end (``--minilm``): fp32, torch dynamic int8,
-ours at 4 and 2 bits (the encoder's Linear layers, one 4-bit artifact with 2 bits nested).
+ours at 4 and 2 bits (the encoder's Linear layers, one 4-bit artifact with 2 bits nested). And the int8 GEMM
+at M = 128 on 4-bit weights of group 64, 128 and per channel against fbgemm (``--no-groups`` skips it).
 
     python benchmarks/kernels.py                              # every shape, M = 1, 8, 128, bits 1 2 3 4 8
     python benchmarks/kernels.py --quick                      # fewer repeats, 4096x4096 and MiniLM shapes
@@ -201,11 +202,57 @@ def minilm_rows(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+GROUP_SIZES = (64, 128, None)
+
+
+def group_rows(args: argparse.Namespace, n: int = 4096, k: int = 4096, m: int = 128, bits: int = 4) -> list[dict]:
+    """The int8-activation GEMM at ``m`` rows on ``bits``-bit weights of group 64, 128 and per channel, against
+    fbgemm dynamic int8 (per channel), the two timed interleaved (one pass of each per round).
+
+    What it isolates: the per-group epilogue (convert, scale and zero terms: 3 vector ops per 16 dot products
+    at group 64) that a per-channel kernel such as fbgemm does not have.
+    """
+    qs = []
+    for _ in range(copies_for(n * k, args.rotate_mb)):
+        lin = torch.nn.Linear(k, n, bias=False)
+        qs.append(torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                        dtype=torch.qint8))
+    x = torch.randn(m, k)
+    calls: dict[str, list[Callable[[], object]]] = {"fbgemm int8": [lambda q=q: q(x) for q in qs]}
+    for gs in GROUP_SIZES:
+        scheme = QScheme(bits, group_size=gs)
+        weights = []
+        for seed in range(copies_for(n * k * bits // 8, args.rotate_mb)):
+            g = torch.Generator().manual_seed(seed)
+            codes = torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.uint8)
+            scale = (torch.rand(n, scheme.n_groups(k), generator=g) * 0.01 + 1e-3).half()
+            weights.append(PackedWeight.from_quantized(QuantizedWeight(codes, scale, None, scheme, {})))
+            kernel_weight(weights[-1])
+        calls["per channel" if gs is None else f"group {gs}"] = [
+            lambda p=p: dispatch.linear(x, p, None, bits, kernel="int8") for p in weights]
+    passes: dict[str, list[float]] = {label: [] for label in calls}
+    for r in range(args.repeats * 3 + 1):
+        for label, cs in calls.items():
+            t = time.perf_counter()
+            for c in cs:
+                c()
+            if r:  # round 0 warms up
+                passes[label].append((time.perf_counter() - t) / len(cs))
+    base = statistics.median(passes["fbgemm int8"])
+    out = []
+    for label, v in passes.items():
+        t = statistics.median(v)
+        out.append({"group": label, "t": t, "min": min(v), "spread": (max(v) - min(v)) / t, "x_int8": base / t})
+        print(f"{n}x{k} M={m} {bits}-bit int8 GEMM {label:12s} {t * 1e3:7.3f} ms (min {min(v) * 1e3:.3f}, spread "
+              f"{(max(v) - min(v)) / t:4.0%})  x fbgemm {base / t:5.2f}", flush=True)
+    return out
+
+
 def cell(v: float | None, scale: float = 1e3, fmt: str = "{:.3f}") -> str:
     return "n/a" if v is None else fmt.format(v * scale)
 
 
-def markdown(rows: list[dict], mini: list[dict], header: dict[str, str]) -> str:
+def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups: list[dict] | None = None) -> str:
     lines = [f"Command: `{header['command']}`  ", f"Machine: {header['machine']}  ",
              f"Date: {header['date']}; whole run {header['minutes']} min; **{header['threads']} threads** (ours and "
              f"torch's); 1-minute load average {header['load']}. Spread: (max - min) / median of "
@@ -221,6 +268,14 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str]) -> str:
                      f"{cell(r['floor'])} | {r['t'] / r['floor']:.1f} | {cell(r['fp32'])} | {cell(r['bf16'])} | "
                      f"{cell(r['int8'])} | {cell(r['int4'])} | {ratio('fp32')} | {ratio('bf16')} | {ratio('int8')} | "
                      f"{ratio('int4')} |")
+    if groups:
+        lines += ["", "Group size and the int8 GEMM (4096x4096, M = 128, 4-bit codes, int8 activations) against fbgemm "
+                  "dynamic int8 (per-channel int8 weights), timed interleaved, one pass of each per round (median, "
+                  "minimum, spread = (max - min) / median); the per-group scale and zero terms cost 3 vector "
+                  "operations per 16 dot-product instructions at group 64:", "",
+                  "| weights | ms | min ms | spread | x fbgemm int8 |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['group']} | {cell(r['t'])} | {cell(r['min'])} | {r['spread']:.0%} | {r['x_int8']:.2f} |"
+                  for r in groups]
     if mini:
         lines += ["", "MiniLM (all-MiniLM-L6-v2) end to end, sentence embeddings (`zoo.minilm.run`), ms per batch; "
                   "ours: the 36 encoder Linear layers at 4 bits (group 64), 2 bits nested in the same weights; the "
@@ -264,6 +319,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 repeats, a subset of shapes")
     ap.add_argument("--no-minilm", dest="minilm", action="store_false", help="skip the MiniLM end-to-end timing")
     ap.add_argument("--minilm-only", action="store_true", help="only the MiniLM end-to-end timing (no --write)")
+    ap.add_argument("--no-groups", dest="groups", action="store_false",
+                    help="skip the group-size comparison of the int8 GEMM at M = 128")
     ap.add_argument("--write", type=Path, default=None, help="markdown file whose kernels section to replace")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*deprecated.*")  # torch.ao's dynamic quantisation notices
@@ -280,6 +337,7 @@ def main() -> None:
         minilm_rows(args)
         return
     rows = [r for name in names for r in run_shape(name, *SHAPES[name], args, bw)]
+    groups = group_rows(args) if args.groups else []
     mini = minilm_rows(args) if args.minilm else []
     if args.write is not None:
         argv = " ".join(a for a in __import__("sys").argv[1:])
@@ -288,7 +346,7 @@ def main() -> None:
                   "minutes": f"{(time.perf_counter() - start) / 60:.1f}", "repeats": str(args.repeats),
                   "threads": str(torch.get_num_threads()),
                   "load": f"{load_start:.2f} before the run, {os.getloadavg()[0]:.2f} after it (this run included)"}
-        write_section(args.write, markdown(rows, mini, header))
+        write_section(args.write, markdown(rows, mini, header, groups))
         print(f"wrote the kernels section of {args.write}")
 
 
