@@ -68,7 +68,7 @@ def _plan_from_table(sens: Path | None, avg_bits: float, skip: tuple[str, ...]) 
 def _case(name: str, args: argparse.Namespace, skip: tuple[str, ...]) -> tuple[BitPlan, DistillConfig, tuple[int, ...]]:
     steps, nsteps = args.steps, args.nested_steps
     common = {"lr": args.lr, "scale_lr": args.scale_lr, "eval_every": args.eval_every, "seed": 0,
-              "feature_weight": args.feature_weight}
+              "feature_weight": args.feature_weight, "dampen": args.dampen}
     if name in ("mixed2", "mixed3", "mixed2-seq", "mixed3-seq"):
         plan = _plan_from_table(args.sens, 2.0 if name.startswith("mixed2") else 3.0, skip)
         return plan, DistillConfig(steps=steps, **common), ()
@@ -166,7 +166,8 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
                               f"{r['steps']} steps, {r['train_s']:.0f} s (best at {r['best_step']}), lr {cfg['lr']:g}"
                               + (f", loss over {cfg['bits']} bits" if cfg["bits"] else "")
                               + (f" weighted {cfg['bit_weights']}" if cfg.get("bit_weights") else "")
-                              + (f", feature weight {cfg['feature_weight']:g}" if cfg["feature_weight"] != 0.01 else "")))
+                              + (f", feature weight {cfg['feature_weight']:g}" if cfg["feature_weight"] != 0.01 else "")
+                              + (f", dampen {cfg['dampen']:g}" if cfg.get("dampen") else "")))
         lines.append(_row(f"{name} distilled, packed", bpw, r["packed"], f"recorded {r['date']}"))
     targets = []
     for name in ("mixed2", "mixed2-seq"):
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the nested case's loss weights for 4, 3 and 2 active bits, e.g. 1,1,2 (default equal)")
     ap.add_argument("--feature-weight", type=float, default=0.01,
                     help="weight of the block-output (feature) loss against the output loss")
+    ap.add_argument("--dampen", type=float, default=0.0,
+                    help="oscillation-dampening weight (DistillConfig.dampen; 0: off)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--scale-lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=500)

@@ -28,11 +28,12 @@ def test_distill_writes_model_and_report_and_resumes(runner: CliRunner, tmp_path
     out = tmp_path / "run"
     args = ["distill", "minilm", "--bits", "3", "--group-size", "64", "--nested", "2", "--train-bits", "3,2",
             "--calibration", "none", "--data", str(sentences), "--eval-every", "2", "--checkpoint-every", "2",
-            "--out", str(out)]
+            "--dampen", "0.5", "--out", str(out)]
     first = runner.invoke(app, [*args, "--steps", "2"])
     assert first.exit_code == 0, first.output
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2 and report["resumed_from"] is None
+    assert report["config"]["dampen"] == 0.5
     assert set(report["quality"]) == {"post-training (start)", "distilled @3 bits", "distilled @2 bits"}
     assert report["bits_per_weight"] == pytest.approx(4.0)  # 3 bits + fp16 scale and zero per 64, two precisions
     assert [e["step"] for e in report["evaluations"]] == [0, 2]  # the start, then every 2 steps

@@ -117,10 +117,26 @@ def test_nested_training_sums_the_loss_over_precisions() -> None:
     assert after[2] > scores[2] and sum(after.values()) > sum(scores.values()), (scores, after)
 
 
+def test_dampening_adds_its_term_and_centres_the_latent_weights() -> None:
+    teacher, plain = tiny.pair()
+    _, damped = tiny.pair()
+    cfg = DistillConfig(steps=40, lr=1e-3, scale_lr=1e-2, warmup_steps=2, log_every=10)
+    _distiller(teacher, plain, cfg).fit(tiny.data())
+    result = _distiller(teacher, damped, DistillConfig(**{**cfg.to_dict(), "dampen": 1.0})).fit(tiny.data())
+    last = result.history[-1]
+    assert last["loss"] == pytest.approx(last["output"] + last["dampen"], rel=1e-5)
+
+    def off_centre(model) -> float:
+        with torch.no_grad():
+            return float(torch.stack([m.dampening_loss() for _, m in bf.train.fake_quant_layers(model)]).mean())
+
+    assert off_centre(damped) < 0.7 * off_centre(plain), (off_centre(damped), off_centre(plain))  # 0.50 measured
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"bits": (4, 9)}, "bits"),
     ({"bits": (4, 2), "bit_weights": (1.0,)}, "bit_weights"), ({"train_float": "some"}, "train_float"),
-    ({"steps": 2.5}, "steps"),
+    ({"steps": 2.5}, "steps"), ({"dampen": -0.1}, "dampen"),
 ])
 def test_bad_configs_are_refused(kwargs, match) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -134,6 +134,26 @@ def test_gradients_reach_latent_weights_scales_and_zeros() -> None:
     assert len(quant_parameters(fake)) == 3 * 2 * 2  # 3 layers x 2 precisions x (log-scale, zero)
 
 
+@pytest.mark.parametrize("scheme", SCHEMES[:3])
+def test_dampening_pulls_latent_weights_to_their_levels_without_changing_codes(scheme: bf.QScheme) -> None:
+    _, fake, _ = _pair(scheme)
+    for layer in (m for _, m in fake_quant_layers(fake)):
+        codes = layer.to_quantized().codes.clone()
+        before = layer.dampening_loss()
+        assert 0 < float(before.detach()) <= 0.25  # the latents start off-centre, inside their cells
+        layer.zero_grad()
+        before.backward()
+        assert all(p.grad is None or not p.grad.any() for p in layer.quant_parameters())  # scales are constants
+        with torch.no_grad():
+            layer.weight -= 0.2 * layer.weight.grad / layer.weight.grad.abs().max().clamp(min=1e-12) * \
+                layer.weight.abs().max() * 1e-3
+        assert float(layer.dampening_loss().detach()) < float(before.detach())
+        assert torch.equal(layer.to_quantized().codes, codes)
+        with torch.no_grad():  # exactly on the levels: nothing to pull
+            layer.weight.copy_(layer.quantized_weight().detach())
+        assert float(layer.dampening_loss().detach()) < 1e-8
+
+
 def test_set_active_bits_switches_fake_layers_and_refuses_unstored_precisions() -> None:
     _, fake, _ = _pair(bf.QScheme(bits=4, group_size=16, nested=(2,)))
     assert set(bf.set_active_bits(fake, 2).values()) == {2}

@@ -89,6 +89,8 @@ def distill_command(
     lr: float = typer.Option(1e-4, min=0.0, help="learning rate of latent weights and float parameters"),
     scale_lr: float = typer.Option(1e-3, "--scale-lr", min=0.0, help="learning rate of log-scales and zeros"),
     feature_weight: float = typer.Option(0.01, "--feature-weight", min=0.0, help="weight of block-output matching"),
+    dampen: float = typer.Option(0.0, min=0.0, help="weight pulling latent weights to their levels, against "
+                                 "oscillating codes (0: off)"),
     train_bits: str = typer.Option("", "--train-bits", callback=parse_nested,
                                    help="nested training: sum the loss over these precisions, e.g. 4,3,2"),
     train_float: str = typer.Option("norms", "--train-float", help="other float parameters trained: none, norms, all"),
@@ -100,7 +102,8 @@ def distill_command(
     """Quantise MODEL by a plan, distil it from the float model, save the packed artifact and a report."""
     console = Console()
     t0 = time.perf_counter()
-    config = DistillConfig(steps=steps, lr=lr, scale_lr=scale_lr, feature_weight=feature_weight, bits=train_bits,
+    config = DistillConfig(steps=steps, lr=lr, scale_lr=scale_lr, feature_weight=feature_weight, dampen=dampen,
+                           bits=train_bits,
                            train_float=train_float, eval_every=eval_every, patience=patience,
                            checkpoint_every=checkpoint_every, seed=seed)
     with console.status(f"loading {model}"):

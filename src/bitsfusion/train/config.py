@@ -18,7 +18,8 @@ class DistillConfig:
     """Hyper-parameters of a distillation run (all JSON-able; recorded in the checkpoint).
 
     ``lr`` is for the latent weights and the trained float parameters, ``scale_lr`` for the log-scales
-    and zeros. ``bits``: the precisions whose losses are summed (empty: each layer's stored bits);
+    and zeros. ``dampen``: weight of the oscillation-dampening term (``FakeQuantMixin.dampening_loss``, mean over
+the fake-quant layers; 0: none). ``bits``: the precisions whose losses are summed (empty: each layer's stored bits);
     ``bit_weights`` their weights (default equal). ``eval_every = 0`` never evaluates; ``patience = 0``
     never stops early.
     """
@@ -30,6 +31,7 @@ class DistillConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     feature_weight: float = 0.01
+    dampen: float = 0.0
     bits: tuple[int, ...] = ()
     bit_weights: tuple[float, ...] = ()
     train_float: str = "norms"
@@ -49,7 +51,7 @@ class DistillConfig:
 
         for name in ("steps", "lr", "checkpoint_every", "log_every"):
             positive(name)
-        for name in ("scale_lr", "weight_decay", "warmup_steps", "grad_clip", "feature_weight", "eval_every",
+        for name in ("scale_lr", "weight_decay", "warmup_steps", "grad_clip", "feature_weight", "dampen", "eval_every",
                      "patience"):
             positive(name, allow_zero=True)
         for name in ("steps", "warmup_steps", "eval_every", "patience", "checkpoint_every", "log_every", "seed"):

@@ -9,7 +9,9 @@ inputs and minimises::
 
 over the precisions ``b`` of ``DistillConfig.bits`` (one term at the stored bits by default; several for
 nested, Matryoshka-style training, the student switched with ``nn.set_active_bits`` before each
-forward). Features are the outputs of named modules (BitsFusion: the UNet's down/up blocks, weight 0.01),
+forward), plus ``dampen`` times the fake-quant layers' mean ``dampening_loss`` (latent weights pulled to
+the centres of their rounding cells, against codes oscillating; 0 by default). Features are the outputs of
+named modules (BitsFusion: the UNet's down/up blocks, weight 0.01),
 captured by forward hooks on both models.
 
 What is trained: the latent weights, the learnable scales and zeros (``qat``), and by ``train_float``
@@ -243,6 +245,7 @@ class Distiller:
         t_hooks = _Features(self.teacher, self.features) if self.features else None
         bits = cfg.bits or (None,)
         weights = cfg.bit_weights or tuple(1.0 for _ in bits)
+        layers = [m for _, m in fake_quant_layers(unwrapped)]
         if cfg.eval_every and start == 0 and not result.evaluations:
             if self._evaluate(0, result):  # the start is a candidate too: training never returns worse
                 best_state = self._trainable_state()
@@ -265,8 +268,13 @@ class Distiller:
                     sync = acc.no_sync(model) if i < len(bits) - 1 else contextlib.nullcontext()
                     with sync:
                         loss, parts = self._loss_at(model, batch, t_out, t_feat, s_hooks)
-                        acc.backward(loss * w)
-                    total += w * float(loss.detach())
+                        scaled = loss * w
+                        if cfg.dampen > 0 and i == len(bits) - 1:  # once a step, whatever the precisions
+                            damp = torch.stack([m.dampening_loss() for m in layers]).mean()
+                            parts["dampen"] = float(damp.detach())
+                            scaled = scaled + cfg.dampen * damp
+                        acc.backward(scaled)
+                    total += w * float(loss.detach()) + (cfg.dampen * parts["dampen"] if "dampen" in parts else 0.0)
                     logged.update({(f"{k}@{b}" if b is not None else k): v for k, v in parts.items()})
                 if cfg.bits:
                     set_active_bits(unwrapped, max(cfg.bits))

@@ -138,6 +138,19 @@ class FakeQuantMixin(SwitchablePrecision):
             w = w * self.input_scale
         return w.reshape(self.weight.shape).to(self.weight.dtype)
 
+    def dampening_loss(self) -> torch.Tensor:
+        """Mean squared distance, in grid steps at the stored precision, of the latent weights from their code's
+        level (oscillation dampening, Nagel et al. 2022, "Overcoming Oscillations in Quantization-Aware
+        Training"): the level and the scale are constants here, so the term only pulls each latent weight
+        towards the centre of its rounding cell, where small updates no longer flip its code back and forth.
+        Weights beyond the grid count from the end level (0 gradient there, as in the forward pass)."""
+        s, z = self._scale_zero(self.scheme.bits)
+        s = s.detach()
+        z = z.detach() if isinstance(z, torch.Tensor) else z
+        cmax = GridSpec(self.scheme.grid, self.scheme.bits).cmax
+        v = (self._stored_basis() / s + z).clamp(0, cmax)
+        return (v - v.detach().round()).square().mean()
+
     def _latent_start(self, w: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
         """Inside each PTQ code's cell, as near the float weight as ``LATENT_MARGIN`` allows (stored basis in,
         original basis out); any element whose code would still differ starts at its level exactly."""
