@@ -19,8 +19,8 @@ import copy
 import json
 from pathlib import Path
 
-from bitsfusion.allocate import allocate
-from bitsfusion.analysis import SensitivityTable
+from distill import _plan_from_table  # benchmarks/distill.py, beside this script
+
 from bitsfusion.train import prepare
 from bitsfusion.train.distill import DistillConfig, Distiller
 from bitsfusion.zoo import get_model_spec
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit('--configs must be a JSON list of objects, e.g. \'[{"lr": 1e-4}]\'')
     spec = get_model_spec("minilm")
     recipe = spec.distill()
-    plan = allocate(SensitivityTable.load(args.sens), avg_bits=args.bits).plan()
-    plan = plan.with_rules({rule: None for rule in spec.default_skip})
+    plan = _plan_from_table(args.sens, args.bits, spec.default_skip)
     teacher, start = spec.build(), spec.build()
     prepare(start, plan, calibration_data=spec.calibration(128 if args.sequential else 32), forward=spec.run,
             progress=False, sequential=args.sequential)
