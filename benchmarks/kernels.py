@@ -64,12 +64,13 @@ def copy_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
     return 2 * src.numel() / best / 1e9
 
 
-def random_packed(n: int, k: int, seed: int) -> PackedWeight:
-    """An 8-bit symmetric weight (group 64) with every lower precision nested; values do not affect speed."""
-    scheme = QScheme(8, group_size=64, nested=tuple(range(1, 8)))
+def random_packed(n: int, k: int, seed: int, scheme: QScheme | None = None) -> PackedWeight:
+    """Random codes and scales of ``scheme`` (default: 8-bit symmetric, group 64, every lower precision nested);
+    values do not affect speed."""
+    scheme = scheme or QScheme(8, group_size=64, nested=tuple(range(1, 8)))
     g = torch.Generator().manual_seed(seed)
     groups = scheme.n_groups(k)
-    codes = torch.randint(0, 256, (n, k), generator=g, dtype=torch.uint8)
+    codes = torch.randint(0, 1 << scheme.bits, (n, k), generator=g, dtype=torch.uint8)
     scale = lambda: (torch.rand(n, groups, generator=g) * 0.01 + 1e-3).half()  # noqa: E731
     qw = QuantizedWeight(codes, scale(), None, scheme, {b: (scale(), None) for b in scheme.nested})
     return PackedWeight.from_quantized(qw)
@@ -207,7 +208,7 @@ GROUP_SIZES = (64, 128, None)
 
 def group_rows(args: argparse.Namespace, n: int = 4096, k: int = 4096, m: int = 128, bits: int = 4) -> list[dict]:
     """The int8-activation GEMM at ``m`` rows on ``bits``-bit weights of group 64, 128 and per channel, against
-    fbgemm dynamic int8 (per channel), the two timed interleaved (one pass of each per round).
+    fbgemm dynamic int8 (per channel), all four timed interleaved (one pass of each per round).
 
     What it isolates: the per-group epilogue (convert, scale and zero terms: 3 vector ops per 16 dot products
     at group 64) that a per-channel kernel such as fbgemm does not have.
@@ -220,14 +221,10 @@ def group_rows(args: argparse.Namespace, n: int = 4096, k: int = 4096, m: int = 
     x = torch.randn(m, k)
     calls: dict[str, list[Callable[[], object]]] = {"fbgemm int8": [lambda q=q: q(x) for q in qs]}
     for gs in GROUP_SIZES:
-        scheme = QScheme(bits, group_size=gs)
-        weights = []
-        for seed in range(copies_for(n * k * bits // 8, args.rotate_mb)):
-            g = torch.Generator().manual_seed(seed)
-            codes = torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.uint8)
-            scale = (torch.rand(n, scheme.n_groups(k), generator=g) * 0.01 + 1e-3).half()
-            weights.append(PackedWeight.from_quantized(QuantizedWeight(codes, scale, None, scheme, {})))
-            kernel_weight(weights[-1])
+        weights = [random_packed(n, k, seed, QScheme(bits, group_size=gs))
+                   for seed in range(copies_for(n * k * bits // 8, args.rotate_mb))]
+        for p in weights:
+            kernel_weight(p)  # load-time repack, outside the timing
         calls["per channel" if gs is None else f"group {gs}"] = [
             lambda p=p: dispatch.linear(x, p, None, bits, kernel="int8") for p in weights]
     passes: dict[str, list[float]] = {label: [] for label in calls}

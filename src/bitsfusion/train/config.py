@@ -18,8 +18,9 @@ class DistillConfig:
     """Hyper-parameters of a distillation run (all JSON-able; recorded in the checkpoint).
 
     ``lr`` is for the latent weights and the trained float parameters, ``scale_lr`` for the log-scales
-    and zeros. ``dampen``: weight of the oscillation-dampening term (``FakeQuantMixin.dampening_loss``, mean over
-the fake-quant layers; 0: none). ``bits``: the precisions whose losses are summed (empty: each layer's stored bits);
+    and zeros. ``dampen``: weight of the oscillation-dampening term (``FakeQuantMixin.dampening_loss``, mean
+    over the fake-quant layers; 0: none). ``bits``: the precisions whose losses are summed (empty: each
+    layer's stored bits);
     ``bit_weights`` their weights (default equal). ``eval_every = 0`` never evaluates; ``patience = 0``
     never stops early.
     """
@@ -51,8 +52,8 @@ the fake-quant layers; 0: none). ``bits``: the precisions whose losses are summe
 
         for name in ("steps", "lr", "checkpoint_every", "log_every"):
             positive(name)
-        for name in ("scale_lr", "weight_decay", "warmup_steps", "grad_clip", "feature_weight", "dampen", "eval_every",
-                     "patience"):
+        for name in ("scale_lr", "weight_decay", "warmup_steps", "grad_clip", "feature_weight", "dampen",
+                     "eval_every", "patience"):
             positive(name, allow_zero=True)
         for name in ("steps", "warmup_steps", "eval_every", "patience", "checkpoint_every", "log_every", "seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
