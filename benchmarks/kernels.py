@@ -13,7 +13,8 @@ group 64) where this torch has it; the memory floor (bytes our call must read: t
 scales in the kernel layout, over the copy bandwidth ``dst.copy_(src)`` of 256 MB measured in the same run,
 read + written bytes per second); ratios > 1 mean ours is faster. Timings include the Python dispatch
 (``kernels.dispatch.linear``), as a model sees. Then MiniLM end to end (``--minilm``): fp32, torch dynamic int8,
-ours at 4 and 2 bits (the encoder's Linear layers, one 4-bit artifact with 2 bits nested). And the int8 GEMM
+ours at 4 and 2 bits (the encoder's Linear layers, one 4-bit artifact with 2 bits nested; GELU fused into the
+feed-forward up-projection, and at 4 bits also unfused). And the int8 GEMM
 at M = 128 on 4-bit weights of group 64, 128 and per channel against fbgemm (``--no-groups`` skips it).
 
     python benchmarks/kernels.py                              # every shape, M = 1, 8, 128, bits 1 2 3 4 8
@@ -162,7 +163,7 @@ def run_shape(name: str, n: int, k: int, args: argparse.Namespace, bw: float) ->
 
 def minilm_rows(args: argparse.Namespace) -> list[dict]:
     """MiniLM end to end (``zoo.minilm``): fp32, torch dynamic int8, ours at 4 bits and at 2 (nested)."""
-    from bitsfusion.nn import quantize_, set_active_bits
+    from bitsfusion.nn import fuse_activations_, quantize_, set_active_bits
     from bitsfusion.plan import BitPlan
     from bitsfusion.zoo.minilm import build_minilm, run
 
@@ -173,6 +174,8 @@ def minilm_rows(args: argparse.Namespace) -> list[dict]:
     quantize_(ours, BitPlan(rules={r"re:encoder\.layer\.\d+\..*": QScheme(4, group_size=64, nested=(2,))}),
               progress=False)
     print(f"MiniLM: quantized the encoder's Linear layers to 4 bits (2 nested) in {time.perf_counter() - t0:.1f} s")
+    fused = copy.deepcopy(ours)
+    print(f"MiniLM: GELU fused into {len(fuse_activations_(fused))} feed-forward layers")
     out = []
     for batch, tokens in ((1, 16), (32, 128)):
         g = torch.Generator().manual_seed(0)
@@ -180,8 +183,8 @@ def minilm_rows(args: argparse.Namespace) -> list[dict]:
                   "token_type_ids": torch.zeros(batch, tokens, dtype=torch.long),
                   "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
         reps = args.repeats * (40 if batch == 1 else 1)
-        models = (("fp32", fp32, None), ("torch dynamic int8", dyn, None),
-                  ("ours 4-bit", ours, 4), ("ours 2-bit (nested)", ours, 2))
+        models = (("fp32", fp32, None), ("torch dynamic int8", dyn, None), ("ours 4-bit, GELU apart", ours, 4),
+                  ("ours 4-bit", fused, 4), ("ours 2-bit (nested)", fused, 2))
         # Interleaved, one call of each model per round, so a noisy stretch of the machine hits all of them.
         times: dict[str, list[float]] = {label: [] for label, _, _ in models}
         with torch.inference_mode():
@@ -275,8 +278,10 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
                   for r in groups]
     if mini:
         lines += ["", "MiniLM (all-MiniLM-L6-v2) end to end, sentence embeddings (`zoo.minilm.run`), ms per batch; "
-                  "ours: the 36 encoder Linear layers at 4 bits (group 64), 2 bits nested in the same weights; the "
-                  "four models timed interleaved, one call each per round (median, minimum, spread = interquartile "
+                  "ours: the 36 encoder Linear layers at 4 bits (group 64), 2 bits nested in the same weights, "
+                  "with the feed-forward GELU fused into the up-projection's kernel (`nn.fuse_activations_`; "
+                  "'GELU apart': the same weights with the model's own `F.gelu` after the layer); the "
+                  "models timed interleaved, one call each per round (median, minimum, spread = interquartile "
                   "range / median):", "",
                   "| batch x tokens | model | ms | min ms | spread |", "|---|---|---:|---:|---:|"]
         lines += [f"| {r['batch']} | {r['model']} | {cell(r['t'], fmt='{:.2f}')} | {cell(r['min'], fmt='{:.2f}')} | "

@@ -23,7 +23,7 @@ static void need(bool ok, const std::string& what) {
 static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<const float, 3> scales,
                    Arr<const float, 3> szs, std::optional<Arr<const float, 1>> input_scale,
                    std::optional<Arr<const float, 1>> bias, Arr<float, 2> y, int64_t n, int active_bits,
-                   int64_t group_kb, int kernel, int isa, int threads) {
+                   int64_t group_kb, int kernel, int isa, int threads, int act) {
     const int64_t m = (int64_t)x.shape(0), k = (int64_t)x.shape(1);
     const int64_t NB = (n + 15) / 16, KB = (k + 7) / 8, NG = (int64_t)scales.shape(1);
     need(n >= 1 && k >= 1, "empty weight");
@@ -45,13 +45,14 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
          "the lut8 kernel needs one group per row or a group size that is a multiple of 32");
     need(k < (1 << 17), "K must be below 131072 (int32 sums of the integer kernels)");
     need(isa >= 0 && isa < BF_ISA_COUNT && bf::isa_supported(isa), "this ISA path does not run on this CPU");
+    need(act >= BF_ACT_NONE && act < BF_ACT_COUNT, "act must be 0 (none) or 1 (gelu)");
     bf_linear_args a{};
     a.x = x.data(); a.m = m; a.k = k; a.n = n;
     a.input_scale = input_scale ? input_scale->data() : nullptr;
     a.planes = planes.data(); a.bits = bits; a.active_bits = active_bits;
     a.scales = scales.data(); a.szs = szs.data(); a.n_groups = NG; a.group_kb = group_kb;
     a.bias = bias ? bias->data() : nullptr;
-    a.y = y.data(); a.kernel = kernel;
+    a.y = y.data(); a.kernel = kernel; a.act = act;
     if (m == 0) return;
     nb::gil_scoped_release release;
     bf::linear(a, isa, threads);
@@ -63,7 +64,7 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
 static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int bits, uintptr_t scales,
                        uintptr_t szs, int64_t n_groups, uintptr_t input_scale, uintptr_t bias, uintptr_t y,
                        int64_t n, int active_bits, int64_t group_kb, int kernel, int isa, int threads,
-                       uintptr_t scales_h, uintptr_t zeros_h) {
+                       uintptr_t scales_h, uintptr_t zeros_h, int act) {
     need(n >= 1 && k >= 1 && k < (1 << 17) && m >= 0, "bad sizes");
     need(active_bits >= 1 && active_bits <= bits && bits <= 8, "active_bits must be in 1..bits (<= 8)");
     need(kernel >= BF_KERNEL_LUT32 && kernel <= BF_KERNEL_INT8, "unknown kernel");
@@ -71,13 +72,14 @@ static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int 
     need(group_kb >= 1 && n_groups == ((k + 7) / 8 + group_kb - 1) / group_kb, "n_groups does not match group_kb");
     need(isa >= 0 && isa < BF_ISA_COUNT && bf::isa_supported(isa), "this ISA path does not run on this CPU");
     need(x && planes && scales && szs && y, "null address");
+    need(act >= BF_ACT_NONE && act < BF_ACT_COUNT, "act must be 0 (none) or 1 (gelu)");
     bf_linear_args a{};
     a.x = (const float*)x; a.m = m; a.k = k; a.n = n;
     a.input_scale = (const float*)input_scale;
     a.planes = (const uint8_t*)planes; a.bits = bits; a.active_bits = active_bits;
     a.scales = (const float*)scales; a.szs = (const float*)szs; a.n_groups = n_groups; a.group_kb = group_kb;
     a.bias = (const float*)bias;
-    a.y = (float*)y; a.kernel = kernel;
+    a.y = (float*)y; a.kernel = kernel; a.act = act;
     need((scales_h == 0) == (zeros_h == 0), "scales_h and zeros_h come together");
     a.scales_h = (const uint16_t*)scales_h; a.zeros_h = (const uint16_t*)zeros_h;
     if (m == 0) return;
@@ -89,11 +91,12 @@ NB_MODULE(_C, mod) {
     mod.doc() = "BitsFusion native low-bit CPU kernels (bit-serial LUT GEMV: int8 or fp32 tables; int8-activation and dequantised-tile GEMM)";
     mod.def("linear", &linear, nb::arg("x"), nb::arg("planes"), nb::arg("scales"), nb::arg("szs"),
             nb::arg("input_scale").none(), nb::arg("bias").none(), nb::arg("y"), nb::arg("n"),
-            nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"), nb::arg("isa"), nb::arg("threads"));
+            nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"), nb::arg("isa"), nb::arg("threads"), nb::arg("act") = 0);
     mod.def("linear_raw", &linear_raw, nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("planes"), nb::arg("bits"),
             nb::arg("scales"), nb::arg("szs"), nb::arg("n_groups"), nb::arg("input_scale"), nb::arg("bias"),
             nb::arg("y"), nb::arg("n"), nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"),
-            nb::arg("isa"), nb::arg("threads"), nb::arg("scales_h") = 0, nb::arg("zeros_h") = 0);
+            nb::arg("isa"), nb::arg("threads"), nb::arg("scales_h") = 0, nb::arg("zeros_h") = 0,
+            nb::arg("act") = 0);
     mod.def("isa_supported", &bf::isa_supported, nb::arg("isa"));
     mod.def("best_isa", &bf::best_isa);
     mod.def("isa_name", [](int isa) { return std::string(bf::isa_name(isa)); }, nb::arg("isa"));
@@ -111,4 +114,6 @@ NB_MODULE(_C, mod) {
     mod.attr("KERNEL_DEQUANT") = (int)BF_KERNEL_DEQUANT;
     mod.attr("KERNEL_LUT8") = (int)BF_KERNEL_LUT8;
     mod.attr("KERNEL_INT8") = (int)BF_KERNEL_INT8;
+    mod.attr("ACT_NONE") = (int)BF_ACT_NONE;
+    mod.attr("ACT_GELU") = (int)BF_ACT_GELU;
 }

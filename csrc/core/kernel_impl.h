@@ -58,13 +58,51 @@ static void prepare(const bf_linear_args* a, float* xs, float* xsum, float* tabl
     }
 }
 
+// GELU(x) = x/2 (1 + erf(x / sqrt 2)) on 16 lanes, erf(u) = u P(u^2) / Q(u^2) on u clamped to [-4, 4]
+// (erf(4) rounds to 1 in float32). P (degree 6) and Q (degree 4, positive coefficients: no pole) were fitted
+// by iteratively reweighted least squares on [0, 4]; the float32 evaluation is within 3.6e-7 of erf there.
+template <class O>
+static inline typename O::V gelu(typename O::V x) {
+    using V = typename O::V;
+    const V u = O::max(O::min(O::mul(x, O::set1(0.70710678118654752f)), O::set1(4.0f)), O::set1(-4.0f));
+    const V t = O::mul(u, u);
+    V p = O::set1(1.9208759027833366e-08f);
+    p = O::fmadd(p, t, O::set1(-1.9915660232072696e-06f));
+    p = O::fmadd(p, t, O::set1(1.5588085807394236e-04f));
+    p = O::fmadd(p, t, O::set1(4.307434894144535e-03f));
+    p = O::fmadd(p, t, O::set1(5.247938260436058e-02f));
+    p = O::fmadd(p, t, O::set1(2.1428155899047852e-01f));
+    p = O::fmadd(p, t, O::set1(1.1283786296844482f));
+    V q = O::set1(1.1015128111466765e-03f);
+    q = O::fmadd(q, t, O::set1(1.5580429695546627e-02f));
+    q = O::fmadd(q, t, O::set1(1.2094002217054367e-01f));
+    q = O::fmadd(q, t, O::set1(5.232296586036682e-01f));
+    q = O::fmadd(q, t, O::set1(1.0f));
+    const V erf = O::div(O::mul(u, p), q);
+    const V half_x = O::mul(x, O::set1(0.5f));
+    return O::fmadd(half_x, erf, half_x);
+}
+
+// y's 16 values of one row block, bias included, through the call's activation (bf_act).
+template <class O>
+static inline typename O::V activate(const bf_linear_args* a, typename O::V v) {
+    return a->act == BF_ACT_GELU ? gelu<O>(v) : v;
+}
+
+// Writes the cnt <= 16 values of v (bias already added) that exist, through the call's activation.
+template <class O>
+static inline void store_activated(const bf_linear_args* a, float* dst, int64_t cnt, float* v16) {
+    if (a->act != BF_ACT_NONE) O::store(v16, activate<O>(a, O::load(v16)));
+    for (int64_t r = 0; r < cnt; ++r) dst[r] = v16[r];
+}
+
 template <class O>
 static void store_rows(const bf_linear_args* a, int64_t nb, int64_t m, typename O::V acc) {
     float tmp[16];
     O::store(tmp, acc);
     const int64_t n0 = nb * 16, cnt = imin(16, a->n - n0);
-    float* dst = a->y + m * a->n + n0;
-    for (int64_t r = 0; r < cnt; ++r) dst[r] = tmp[r] + (a->bias ? a->bias[n0 + r] : 0.0f);
+    for (int64_t r = 0; r < cnt; ++r) tmp[r] += a->bias ? a->bias[n0 + r] : 0.0f;
+    store_activated<O>(a, a->y + m * a->n + n0, cnt, tmp);
 }
 
 // Sum over bytes [kb0, kb1) of one plane of the table lookups, for MT activation rows. U independent

@@ -42,6 +42,7 @@ struct Ops {
         return {_mm256_and_ps(x.a, m), _mm256_and_ps(x.b, m)};
     }
     static V max(V x, V y) { return {_mm256_max_ps(x.a, y.a), _mm256_max_ps(x.b, y.b)}; }
+    static V min(V x, V y) { return {_mm256_min_ps(x.a, y.a), _mm256_min_ps(x.b, y.b)}; }
     static float hmax(V x) {
         alignas(32) float t[8];
         _mm256_store_ps(t, _mm256_max_ps(x.a, x.b));

@@ -29,6 +29,7 @@ struct Ops {
     static V div(V x, V y) { return _mm512_div_ps(x, y); }
     static V abs(V x) { return _mm512_abs_ps(x); }
     static V max(V x, V y) { return _mm512_max_ps(x, y); }
+    static V min(V x, V y) { return _mm512_min_ps(x, y); }
     static float hmax(V x) { return _mm512_reduce_max_ps(x); }
     static I round_i(V x) { return _mm512_cvtps_epi32(x); }
     static void store_u8(uint8_t* p, I x) {

@@ -219,7 +219,8 @@ static void int8_tile_regs(const bf_linear_args* a, const bf_q8_scratch* s, int6
             const int64_t n0 = (nb + t) * 16;
             if (n0 + 16 <= a->n) {  // a whole block: one vector store (y of M = 4096 rows is 25 MB at N = 1536)
                 float* dst = a->y + (m0 + mm) * a->n + n0;
-                _mm512_storeu_ps(dst, a->bias ? _mm512_add_ps(v, _mm512_loadu_ps(a->bias + n0)) : v);
+                const __m512 vb = a->bias ? _mm512_add_ps(v, _mm512_loadu_ps(a->bias + n0)) : v;
+                _mm512_storeu_ps(dst, activate<Ops>(a, vb));
             } else {
                 float out[16];
                 _mm512_storeu_ps(out, v);

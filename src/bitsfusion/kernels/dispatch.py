@@ -102,8 +102,12 @@ def choose_kernel(x: torch.Tensor, packed: PackedWeight, kernel: str | None = No
 
 
 def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
-           active_bits: int | None = None, *, kernel: str | None = None, exact: bool = False) -> torch.Tensor:
-    """``y = x @ W'^T + bias``, as ``kernels.reference.linear``, on the kernel ``choose_kernel`` picks.
+           active_bits: int | None = None, *, kernel: str | None = None, exact: bool = False,
+           activation: str | None = None) -> torch.Tensor:
+    """``y = act(x @ W'^T + bias)``, as ``kernels.reference.linear``, on the kernel ``choose_kernel`` picks.
+
+    ``activation`` (None or a name in ``reference.ACTIVATIONS``) is applied as the native kernel stores ``y``
+    (``ConfigError`` for another name).
 
     The same decision as ``choose_kernel`` without composing its explanation: a small layer's whole native
     product takes a few microseconds, so the per-call Python work is kept to the checks themselves; the
@@ -113,28 +117,31 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
     if bias is not None and bias.requires_grad and torch.is_grad_enabled() and not x.requires_grad:
         # A model run outside no_grad: only the bias wants a gradient, so the product stays native and autograd
         # adds the bias (the reference's autograd graph cost ~0.8 ms a call on a 384 x 384 layer, 60x the product).
-        return linear(x, packed, None, active_bits, kernel=kernel, exact=exact) + bias.to(x.dtype)
+        y = linear(x, packed, None, active_bits, kernel=kernel, exact=exact) + bias.to(x.dtype)
+        return reference.activate(y, activation)
     if kernel is None and not _environ.get(ENV_VAR):
         want = "auto"
     else:
         want = _requested(kernel)
     if want == "reference":
-        return reference.linear(x, packed, bias, active_bits)
-    y = native.fast_linear(x, packed, bias, active_bits, want, exact, LUT_MAX_ROWS)
+        return reference.linear(x, packed, bias, active_bits, activation)
+    y = native.fast_linear(x, packed, bias, active_bits, want, exact, LUT_MAX_ROWS, activation)
     if y is not None:  # the common call: checks cached per weight (native.fast_linear)
         return y
+    if activation is not None and activation not in reference.ACTIVATIONS:
+        reference.activate(x, activation)  # raises ConfigError naming it
     reason = fallback_reason(x, packed, bias)
     if reason is not None:
         if want == "auto" or unsupported_reason(packed) is not None:
             # auto falls back; a forced kernel on a weight it cannot take raises KernelUnavailable there
-            return reference.linear(x, packed, bias, active_bits) if want == "auto" else \
-                native.linear(x, packed, bias, active_bits, kernel=want)
-        return native.linear(x, packed, bias, active_bits, kernel=want)
+            return reference.linear(x, packed, bias, active_bits, activation) if want == "auto" else \
+                native.linear(x, packed, bias, active_bits, kernel=want, activation=activation)
+        return native.linear(x, packed, bias, active_bits, kernel=want, activation=activation)
     kw = kernel_weight(packed)
     if want == "auto":
         rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 1
         want = native.default_kernel(rows, kw, exact, LUT_MAX_ROWS)
-    return native.linear(x, packed, bias, active_bits, kernel=want, _kw=kw)
+    return native.linear(x, packed, bias, active_bits, kernel=want, activation=activation, _kw=kw)
 
 
 def describe() -> dict[str, object]:

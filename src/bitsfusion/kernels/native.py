@@ -22,7 +22,9 @@ Kernels (``csrc/core/kernel_impl.h``, ``csrc/core/q8_*.h``, ``csrc/isa/*/q8_*.cp
 
 ``x' = x * input_scale`` when the weight stores AWQ's per-column factor. Activations of dtype float16 or
 bfloat16 are computed in float32 and cast back. Work is split by 16-row blocks over
-``torch.get_num_threads()`` threads; the GIL is released while the kernel runs.
+``torch.get_num_threads()`` threads; the GIL is released while the kernel runs. ``activation="gelu"``
+applies GELU to ``y`` as every kernel stores it (erf from a rational approximation within 4e-7 of ``erf``),
+saving the separate pass over ``y`` (and its allocation) that ``F.gelu`` would make.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = ["available", "unavailable_reason", "linear", "run", "default_kernel",
 
 KERNELS: tuple[str, ...] = ("lut", "lut32", "int8", "dequant")
 _CODES = {"lut32": 0, "dequant": 1, "lut": 2, "int8": 3}  # bf_kernel in csrc/include/bitsfusion/kernels.h
+_ACT_CODES: dict[str | None, int] = {None: 0, "gelu": 1}  # bf_act: applied as each kernel stores y
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 if _isa.NATIVE is None:
@@ -75,8 +78,15 @@ def _check_f32(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
                           f"use kernels.reference (or torch.no_grad())")
 
 
+def _act_code(activation: str | None) -> int:
+    code = _ACT_CODES.get(activation)
+    if code is None:
+        raise ConfigError(f"native: activation {activation!r} is not one of {list(_ACT_CODES)}")
+    return code
+
+
 def run(x2d: torch.Tensor, kw: KernelWeight, packed: PackedWeight, bias: torch.Tensor | None,
-        active_bits: int, kernel: str, isa: str, threads: int) -> torch.Tensor:
+        active_bits: int, kernel: str, isa: str, threads: int, activation: str | None = None) -> torch.Tensor:
     """The strict entry: ``x2d`` float32 ``[M, K]`` contiguous, ``bias`` float32 ``[N]`` or None.
 
     Every pointer handed to ``_C`` is checked here first (dtype, device, shape, contiguity, 4-byte
@@ -97,13 +107,15 @@ def run(x2d: torch.Tensor, kw: KernelWeight, packed: PackedWeight, bias: torch.T
                           f"not {active_bits!r}; store more precisions with QScheme(nested=...)")
     if kernel == "lut" and kw.lut8_reason is not None:
         raise KernelUnavailable(f"native: the lut kernel cannot run this weight: {kw.lut8_reason}")
+    act = _act_code(activation)
     sp, szp, sh, zh = kw.pointers(packed, active_bits)  # checked when made; float16 pair: lut only
     if kernel != "lut":
         sh = zh = 0
     y = torch.empty((x2d.shape[0], kw.n), dtype=torch.float32)
     inp = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
     mod.linear_raw(x2d.data_ptr(), x2d.shape[0], kw.k, kw.planes.data_ptr(), kw.bits, sp, szp, kw.n_groups, inp,
-                   0 if bias is None else bias.data_ptr(), y.data_ptr(), kw.n, active_bits, kw.group_kb, _CODES[kernel], _isa.isa_code(isa), max(1, int(threads)), sh, zh)
+                   0 if bias is None else bias.data_ptr(), y.data_ptr(), kw.n, active_bits, kw.group_kb,
+                   _CODES[kernel], _isa.isa_code(isa), max(1, int(threads)), sh, zh, act)
     return y
 
 
@@ -117,8 +129,8 @@ def default_kernel(rows: int, kw: KernelWeight, exact: bool = False, lut_max_row
 
 def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
            active_bits: int | None = None, *, kernel: str | None = None, isa: str | None = None,
-           _kw: KernelWeight | None = None) -> torch.Tensor:
-    """``y = x @ W'^T + bias`` natively: the signature and result of ``kernels.reference.linear``.
+           activation: str | None = None, _kw: KernelWeight | None = None) -> torch.Tensor:
+    """``y = act(x @ W'^T + bias)`` natively: the signature and result of ``kernels.reference.linear``.
 
     Args:
         x: float32/float16/bfloat16 ``[..., K]`` on CPU (computed in float32, returned in ``x.dtype``).
@@ -129,11 +141,12 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
         kernel: one of ``KERNELS``; None picks as ``dispatch.choose_kernel`` (``lut`` or ``lut32`` for at most
             4 rows, else ``int8``).
         isa: ``"scalar"``, ``"avx2"``, ``"avx512"``; None: ``$BITSFUSION_ISA`` or the best one here.
+        activation: None or ``"gelu"``, applied to ``y`` as the kernel stores it.
 
     Raises:
         KernelUnavailable: ``_C`` is not built, the ISA path does not run here, or the weight is not
             bit-planes the kernels take (``repack.unsupported_reason``).
-        ConfigError: wrong feature count, dtype, device, precision, or an ``x`` that needs grad.
+        ConfigError: wrong feature count, dtype, device, precision, activation, or an ``x`` that needs grad.
 
     ``_kw`` (internal): the repacked weight when ``kernels.dispatch`` has already looked it up and checked
     ``repack.unsupported_reason``, saving that work on every call.
@@ -158,7 +171,7 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
     bits = packed.scheme.bits if active_bits is None else active_bits
     kw = _kw if _kw is not None else kernel_weight(packed)
     chosen = kernel if kernel is not None else default_kernel(x2d.shape[0], kw)
-    y = run(x2d, kw, packed, b, bits, chosen, isa_name, torch.get_num_threads())
+    y = run(x2d, kw, packed, b, bits, chosen, isa_name, torch.get_num_threads(), activation)
     return y.reshape(*lead, n).to(x.dtype)
 
 
@@ -226,12 +239,15 @@ def _fast_entry(packed: PackedWeight, active_bits: int) -> tuple | None:
 
 
 def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None, active_bits: int | None,
-                want: str, exact: bool, lut_max_rows: int) -> torch.Tensor | None:
+                want: str, exact: bool, lut_max_rows: int, activation: str | None = None) -> torch.Tensor | None:
     """``y`` of the common call, or None when the checked path must run it (see above). ``want``: ``auto`` or
     a native kernel name."""
     mod = _isa.NATIVE
     if mod is None or type(x) is not torch.Tensor or x.dtype is not _F32 or not x.is_cpu or x.dim() < 1:
         return None
+    act = _ACT_CODES.get(activation)
+    if act is None:
+        return None  # the checked path names the unknown activation
     bits = packed.scheme.bits if active_bits is None else active_bits
     info = _fast_entry(packed, bits)
     if info is None:
@@ -268,7 +284,7 @@ def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
         sh = zh = 0
     y = x.new_empty(*x.shape[:-1], kw.n)  # float32 on CPU like x; ints, not a tuple: ~0.6 us cheaper
     mod.linear_raw(x.data_ptr(), rows, k, planes_ptr, kw.bits, sp, szp, kw.n_groups, inp_ptr, bptr, y.data_ptr(),
-                   kw.n, bits, kw.group_kb, _NATIVE_CODES[want], _BEST_ISA, torch.get_num_threads(), sh, zh)
+                   kw.n, bits, kw.group_kb, _NATIVE_CODES[want], _BEST_ISA, torch.get_num_threads(), sh, zh, act)
     return y
 
 

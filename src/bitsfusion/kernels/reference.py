@@ -33,9 +33,22 @@ from ..pack.packed import PackedWeight
 from ..quant.codes import dequantize_codes
 
 __all__ = ["linear", "conv2d", "dequantized_weight", "quantize_activations", "linear_int8_activations",
-           "lut8_error_bound"]
+           "lut8_error_bound", "activate", "ACTIVATIONS"]
 
 IntPair = int | tuple[int, int]
+
+ACTIVATIONS: tuple[str, ...] = ("gelu",)
+"""Activations a linear layer can apply to its output (``activation=``), fused into the native kernels' stores:
+``gelu`` is ``torch.nn.functional.gelu`` (the erf form)."""
+
+
+def activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``y`` through ``activation`` (None: unchanged); ``ConfigError`` for a name not in ``ACTIVATIONS``."""
+    if activation is None:
+        return y
+    if activation == "gelu":
+        return F.gelu(y)
+    raise ConfigError(f"activation {activation!r} is not one of {[None, *ACTIVATIONS]}")
 
 
 def dequantized_weight(packed: PackedWeight, active_bits: int | None, dtype: torch.dtype) -> torch.Tensor:
@@ -53,15 +66,17 @@ def _bias(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def linear(
-    x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, active_bits: int | None = None
+    x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, active_bits: int | None = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
-    """``y = x @ W'^T + bias`` with ``W'`` the packed weight dequantised at ``active_bits``.
+    """``y = act(x @ W'^T + bias)`` with ``W'`` the packed weight dequantised at ``active_bits``.
 
     Args:
         x: float ``[..., K]`` (any leading dimensions), on the packed tensors' device.
         packed: the weight, shape ``(N, K)``.
         bias: float ``[N]`` or None; cast to ``x.dtype``.
         active_bits: a precision in ``packed.scheme.precisions``; None means every stored bit.
+        activation: None or a name in ``ACTIVATIONS`` (``activate``).
 
     Returns:
         ``[..., N]`` in ``x.dtype``.
@@ -70,7 +85,7 @@ def linear(
     if x.shape[-1] != k:
         raise ConfigError(f"linear: input has {x.shape[-1]} features in its last dimension, the weight "
                           f"[{n}, {k}] takes {k}")
-    return F.linear(x, dequantized_weight(packed, active_bits, x.dtype), _bias(bias, x))
+    return activate(F.linear(x, dequantized_weight(packed, active_bits, x.dtype), _bias(bias, x)), activation)
 
 
 def conv2d(
@@ -125,11 +140,11 @@ def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None = Non
 
 
 def linear_int8_activations(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
-                            active_bits: int | None = None) -> torch.Tensor:
+                            active_bits: int | None = None, activation: str | None = None) -> torch.Tensor:
     """The oracle of the native ``int8`` kernel: ``y = (sx * xq) @ (s * (c' - z))^T + bias`` in float64.
 
     ``xq, sx = quantize_activations(x, input_scale)``; the weight is dequantised without ``input_scale``
-    (the kernel folds it into ``x``). Returns float32 ``[..., N]``.
+    (the kernel folds it into ``x``); ``activation`` as in ``linear``. Returns float32 ``[..., N]``.
     """
     n, k = packed.shape
     if x.shape[-1] != k:
@@ -142,7 +157,7 @@ def linear_int8_activations(x: torch.Tensor, packed: PackedWeight, bias: torch.T
     y = (xq.double() * sx.double()) @ w.T
     if bias is not None:
         y = y + bias.double()
-    return y.to(torch.float32).reshape(*x.shape[:-1], n)
+    return activate(y, activation).to(torch.float32).reshape(*x.shape[:-1], n)
 
 
 def lut8_error_bound(x: torch.Tensor, packed: PackedWeight, active_bits: int | None = None) -> torch.Tensor:

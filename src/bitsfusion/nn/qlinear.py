@@ -29,11 +29,14 @@ class QLinear(QModule):
     Run-time options (plain attributes, not saved in the artifact): ``exact = True`` keeps this layer off
     the int8 kernels (fp32 tables and activations: ``lut32`` / ``dequant``), for layers whose quality
     int8 activations would hurt; ``kernel`` forces a kernel name of ``kernels.dispatch.KERNEL_CHOICES``
-    (None: ``$BITSFUSION_KERNEL`` or the choice by shape).
+    (None: ``$BITSFUSION_KERNEL`` or the choice by shape); ``activation`` (None or ``"gelu"``) applies that
+    function to ``y`` as the kernel stores it, set by ``nn.fuse_activations_`` when it removes the model's
+    own activation module after this layer.
     """
 
     exact: bool = False
     kernel: str | None = None
+    activation: str | None = None
 
     def __init__(
         self,
@@ -69,8 +72,10 @@ class QLinear(QModule):
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.linear(x, self.packed, self.bias, self._active_bits, kernel=self.kernel, exact=self.exact)
+        return dispatch.linear(x, self.packed, self.bias, self._active_bits, kernel=self.kernel, exact=self.exact,
+                               activation=self.activation)
 
     def extra_repr(self) -> str:
+        act = "" if self.activation is None else f", activation={self.activation}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, {self._scheme_repr()}")
+                f"bias={self.bias is not None}, {self._scheme_repr()}{act}")
