@@ -29,6 +29,7 @@ struct Ops {
     static V abs(V a) { for (int i = 0; i < 16; ++i) a.v[i] = a.v[i] < 0.0f ? -a.v[i] : a.v[i]; return a; }
     static V max(V a, V b) { for (int i = 0; i < 16; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
     static V min(V a, V b) { for (int i = 0; i < 16; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
+    static V rcp(V a) { for (int i = 0; i < 16; ++i) a.v[i] = 1.0f / a.v[i]; return a; }
     static float hmax(V a) { float m = a.v[0]; for (int i = 1; i < 16; ++i) m = a.v[i] > m ? a.v[i] : m; return m; }
     static I round_i(V a) { I r; for (int i = 0; i < 16; ++i) r.v[i] = (int32_t)nearbyintf(a.v[i]); return r; }
     static void store_u8(uint8_t* p, I a) {

@@ -75,4 +75,5 @@ static void rows_q8_portable(const bf_linear_args* a, const bf_q8_scratch* s, in
         lut8_rows_portable(a, s, nb0, nb1);
     else
         int8_rows_portable(a, s, nb0, nb1, (uint8_t*)work);
+    activate_region<Ops>(a, 0, a->m, 16 * nb0, block_end(a, nb0, nb1 - nb0));
 }

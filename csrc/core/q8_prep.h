@@ -118,10 +118,9 @@ static inline uint32_t code_at(const bf_linear_args* a, const uint8_t* blk, int6
     return c;
 }
 
-// Stores y[m, 16nb .. 16nb+15] = act(f[r] (+ bias)), the rows that exist.
+// Stores y[m, 16nb .. 16nb+15] = f[r] (+ bias), the rows that exist.
 static inline void store_block(const bf_linear_args* a, int64_t nb, int64_t m, const float* f) {
     const int64_t n0 = nb * 16, cnt = imin(16, a->n - n0);
-    float tmp[16];
-    for (int64_t r = 0; r < 16; ++r) tmp[r] = r < cnt ? f[r] + (a->bias ? a->bias[n0 + r] : 0.0f) : 0.0f;
-    store_activated<Ops>(a, a->y + m * a->n + n0, cnt, tmp);
+    float* dst = a->y + m * a->n + n0;
+    for (int64_t r = 0; r < cnt; ++r) dst[r] = f[r] + (a->bias ? a->bias[n0 + r] : 0.0f);
 }

@@ -43,6 +43,11 @@ struct Ops {
     }
     static V max(V x, V y) { return {_mm256_max_ps(x.a, y.a), _mm256_max_ps(x.b, y.b)}; }
     static V min(V x, V y) { return {_mm256_min_ps(x.a, y.a), _mm256_min_ps(x.b, y.b)}; }
+    // 1 / x to ~2^-22 relative: the 12-bit estimate and one Newton step (vdivps costs several times as much)
+    static V rcp(V x) {
+        const __m256 two = _mm256_set1_ps(2.0f), ra = _mm256_rcp_ps(x.a), rb = _mm256_rcp_ps(x.b);
+        return {_mm256_mul_ps(ra, _mm256_fnmadd_ps(x.a, ra, two)), _mm256_mul_ps(rb, _mm256_fnmadd_ps(x.b, rb, two))};
+    }
     static float hmax(V x) {
         alignas(32) float t[8];
         _mm256_store_ps(t, _mm256_max_ps(x.a, x.b));

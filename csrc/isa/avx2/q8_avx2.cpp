@@ -147,6 +147,7 @@ static void rows_q8(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb0
             int64_t m0 = 0;
             for (; m0 + 2 <= a->m; m0 += 2) lut8_block<2>(a, s, nb, m0, dacc);
             if (m0 < a->m) lut8_block<1>(a, s, nb, m0, dacc);
+            activate_region<Ops>(a, 0, a->m, 16 * nb, block_end(a, nb, 1));
             continue;
         }
         int16_t* tile = (int16_t*)work;
@@ -159,6 +160,7 @@ static void rows_q8(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb0
             case 3: int8_micro<3>(a, s, nb, m0, tile); break;
             default: break;
         }
+        activate_region<Ops>(a, 0, a->m, 16 * nb, block_end(a, nb, 1));
     }
 }
 }  // namespace bf_avx2q

@@ -219,8 +219,7 @@ static void int8_tile_regs(const bf_linear_args* a, const bf_q8_scratch* s, int6
             const int64_t n0 = (nb + t) * 16;
             if (n0 + 16 <= a->n) {  // a whole block: one vector store (y of M = 4096 rows is 25 MB at N = 1536)
                 float* dst = a->y + (m0 + mm) * a->n + n0;
-                const __m512 vb = a->bias ? _mm512_add_ps(v, _mm512_loadu_ps(a->bias + n0)) : v;
-                _mm512_storeu_ps(dst, activate<Ops>(a, vb));
+                _mm512_storeu_ps(dst, a->bias ? _mm512_add_ps(v, _mm512_loadu_ps(a->bias + n0)) : v);
             } else {
                 float out[16];
                 _mm512_storeu_ps(out, v);
@@ -257,6 +256,7 @@ static void rows_q8(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb0
                 case 3: lut8_block_gq<3>(a, s, nb, m0); break;
                 default: break;
             }
+            activate_region<Ops>(a, 0, a->m, 16 * nb, block_end(a, nb, 1));
         }
         return;
     }
@@ -277,6 +277,7 @@ static void rows_q8(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb0
             int64_t nb = p0;
             for (; nb + 2 <= p1; nb += 2) int8_rows_regs<2>(a, s, nb, tile + (nb - p0) * blk_bytes, c0, c1);
             if (nb < p1) int8_rows_regs<1>(a, s, nb, tile + (nb - p0) * blk_bytes, c0, c1);
+            activate_region<Ops>(a, c0, c1, 16 * p0, block_end(a, p0, p1 - p0));  // the panel's rows c0..c1: in L2
         }
     }
 }
