@@ -14,8 +14,9 @@ scales in the kernel layout, over the copy bandwidth ``dst.copy_(src)`` of 256 M
 read + written bytes per second); ratios > 1 mean ours is faster. Timings include the Python dispatch
 (``kernels.dispatch.linear``), as a model sees. Then MiniLM end to end (``--minilm``): fp32, torch dynamic int8,
 ours at 4 and 2 bits (the encoder's Linear layers, one 4-bit artifact with 2 bits nested; GELU fused into the
-feed-forward up-projection, and at 4 bits also unfused). And the int8 GEMM
-at M = 128 on 4-bit weights of group 64, 128 and per channel against fbgemm (``--no-groups`` skips it).
+feed-forward up-projection, and at 4 bits also unfused). And, timed interleaved
+with their baseline, M = 1 on plain 2/3/4-bit weights against int4pack and the int8 GEMM at M = 128 on 4-bit
+weights of group 64, 128 and per channel against fbgemm (``--no-groups`` skips both).
 
     python benchmarks/kernels.py                              # every shape, M = 1, 8, 128, bits 1 2 3 4 8
     python benchmarks/kernels.py --quick                      # fewer repeats, 4096x4096 and MiniLM shapes
@@ -230,14 +231,7 @@ def group_rows(args: argparse.Namespace, n: int = 4096, k: int = 4096, m: int = 
             kernel_weight(p)  # load-time repack, outside the timing
         calls["per channel" if gs is None else f"group {gs}"] = [
             lambda p=p: dispatch.linear(x, p, None, bits, kernel="int8") for p in weights]
-    passes: dict[str, list[float]] = {label: [] for label in calls}
-    for r in range(args.repeats * 3 + 1):
-        for label, cs in calls.items():
-            t = time.perf_counter()
-            for c in cs:
-                c()
-            if r:  # round 0 warms up
-                passes[label].append((time.perf_counter() - t) / len(cs))
+    passes = interleaved(calls, args.repeats * 3)
     base = statistics.median(passes["fbgemm int8"])
     out = []
     for label, v in passes.items():
@@ -248,11 +242,62 @@ def group_rows(args: argparse.Namespace, n: int = 4096, k: int = 4096, m: int = 
     return out
 
 
+def interleaved(calls: dict[str, list[Callable[[], object]]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each label's pass (one call per rotated copy), ``rounds`` rounds of one pass of every
+    label in turn (after a warm-up round), so a noisy stretch of the machine hits all of them alike."""
+    passes: dict[str, list[float]] = {label: [] for label in calls}
+    for r in range(rounds + 1):
+        for label, cs in calls.items():
+            t = time.perf_counter()
+            for c in cs:
+                c()
+            if r:  # round 0 warms up
+                passes[label].append((time.perf_counter() - t) / len(cs))
+    return passes
+
+
+GEMV_BITS = (4, 3, 2)
+
+
+def gemv_rows(args: argparse.Namespace, bw: float, n: int = 4096, k: int = 4096) -> list[dict]:
+    """M = 1 on plain ``b``-bit weights (group 64) for ``b`` in ``GEMV_BITS``, against PyTorch's int4 kernel
+    (``torch._weight_int4pack_mm_for_cpu``, group 64, bf16 activations), timed interleaved (one pass of each per
+    round, 6x ``--repeats`` rounds): the issue's M = 1 targets as ratios that one noisy stretch cannot skew."""
+    x = torch.randn(1, k)
+    calls: dict[str, list[Callable[[], object]]] = {}
+    int4 = int4_calls(n, k, x, args.rotate_mb)
+    if int4 is not None:
+        calls["int4pack"] = int4
+    floors = {}
+    kb, groups = -(-k // 32) * 4, -(-k // 64)
+    for b in GEMV_BITS:
+        weights = [random_packed(n, k, seed, QScheme(b, group_size=64))
+                   for seed in range(copies_for(n * k * b // 8, args.rotate_mb))]
+        for p in weights:
+            kernel_weight(p)
+        calls[f"ours {b}-bit"] = [lambda p=p, b=b: dispatch.linear(x, p, None, b) for p in weights]
+        floors[f"ours {b}-bit"] = (b * n * kb + 2 * 4 * n * groups) / (bw * 1e9)
+    passes = interleaved(calls, args.repeats * 6)
+    base = statistics.median(passes["int4pack"]) if "int4pack" in passes else None
+    out = []
+    for label, v in passes.items():
+        t = statistics.median(v)
+        row = {"weights": label, "t": t, "min": min(v), "spread": (max(v) - min(v)) / t,
+               "x_int4": None if base is None else base / t, "floor": floors.get(label)}
+        out.append(row)
+        extra = "" if row["floor"] is None else f"  {t / row['floor']:4.1f}x floor"
+        ratio = "n/a" if base is None else f"{base / t:5.2f}"
+        print(f"{n}x{k} M=1 {label:12s} {t * 1e3:7.3f} ms (min {min(v) * 1e3:.3f}, spread {(max(v) - min(v)) / t:4.0%})"
+              f"  x int4pack {ratio}{extra}", flush=True)
+    return out
+
+
 def cell(v: float | None, scale: float = 1e3, fmt: str = "{:.3f}") -> str:
     return "n/a" if v is None else fmt.format(v * scale)
 
 
-def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups: list[dict] | None = None) -> str:
+def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups: list[dict] | None = None,
+             gemv: list[dict] | None = None) -> str:
     lines = [f"Command: `{header['command']}`  ", f"Machine: {header['machine']}  ",
              f"Date: {header['date']}; whole run {header['minutes']} min; **{header['threads']} threads** (ours and "
              f"torch's); 1-minute load average {header['load']}. Spread: (max - min) / median of "
@@ -268,6 +313,15 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
                      f"{cell(r['floor'])} | {r['t'] / r['floor']:.1f} | {cell(r['fp32'])} | {cell(r['bf16'])} | "
                      f"{cell(r['int8'])} | {cell(r['int4'])} | {ratio('fp32')} | {ratio('bf16')} | {ratio('int8')} | "
                      f"{ratio('int4')} |")
+    if gemv:
+        lines += ["", "M = 1 (4096x4096) on plain 2-, 3- and 4-bit weights (group 64, the `lut` kernel) against PyTorch's "
+                  "int4 kernel (`torch._weight_int4pack_mm_for_cpu`, group 64, bf16 activations), timed interleaved, "
+                  "one pass of each per round (median, minimum, spread = (max - min) / median); floor: our bytes over "
+                  "the copy bandwidth:", "",
+                  "| weights | ms | min ms | spread | x int4pack | x floor |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['weights']} | {cell(r['t'])} | {cell(r['min'])} | {r['spread']:.0%} | "
+                  f"{'n/a' if r['x_int4'] is None else format(r['x_int4'], '.2f')} | "
+                  f"{'' if r['floor'] is None else format(r['t'] / r['floor'], '.1f')} |" for r in gemv]
     if groups:
         lines += ["", "Group size and the int8 GEMM (4096x4096, M = 128, 4-bit codes, int8 activations) against fbgemm "
                   "dynamic int8 (per-channel int8 weights), timed interleaved, one pass of each per round (median, "
@@ -322,7 +376,7 @@ def main() -> None:
     ap.add_argument("--no-minilm", dest="minilm", action="store_false", help="skip the MiniLM end-to-end timing")
     ap.add_argument("--minilm-only", action="store_true", help="only the MiniLM end-to-end timing (no --write)")
     ap.add_argument("--no-groups", dest="groups", action="store_false",
-                    help="skip the group-size comparison of the int8 GEMM at M = 128")
+                    help="skip the interleaved tables (M = 1 against int4pack; the int8 GEMM by group size at M = 128)")
     ap.add_argument("--write", type=Path, default=None, help="markdown file whose kernels section to replace")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*deprecated.*")  # torch.ao's dynamic quantisation notices
@@ -339,6 +393,7 @@ def main() -> None:
         minilm_rows(args)
         return
     rows = [r for name in names for r in run_shape(name, *SHAPES[name], args, bw)]
+    gemv = gemv_rows(args, bw) if args.groups else []
     groups = group_rows(args) if args.groups else []
     mini = minilm_rows(args) if args.minilm else []
     if args.write is not None:
@@ -348,7 +403,7 @@ def main() -> None:
                   "minutes": f"{(time.perf_counter() - start) / 60:.1f}", "repeats": str(args.repeats),
                   "threads": str(torch.get_num_threads()),
                   "load": f"{load_start:.2f} before the run, {os.getloadavg()[0]:.2f} after it (this run included)"}
-        write_section(args.write, markdown(rows, mini, header, groups))
+        write_section(args.write, markdown(rows, mini, header, groups, gemv))
         print(f"wrote the kernels section of {args.write}")
 
 
