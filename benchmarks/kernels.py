@@ -183,7 +183,7 @@ def minilm_rows(args: argparse.Namespace) -> list[dict]:
         inputs = {"input_ids": torch.randint(1000, 20000, (batch, tokens), generator=g),
                   "token_type_ids": torch.zeros(batch, tokens, dtype=torch.long),
                   "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
-        reps = args.repeats * (40 if batch == 1 else 1)
+        reps = args.repeats * (40 if batch == 1 else 3)
         models = (("fp32", fp32, None), ("torch dynamic int8", dyn, None), ("ours 4-bit, GELU apart", ours, 4),
                   ("ours 4-bit", fused, 4), ("ours 2-bit (nested)", fused, 2))
         # Interleaved, one call of each model per round, so a noisy stretch of the machine hits all of them.
@@ -196,14 +196,17 @@ def minilm_rows(args: argparse.Namespace) -> list[dict]:
                     t0 = time.perf_counter()
                     run(model, inputs)
                     times[label].append(time.perf_counter() - t0)
+        dyn_passes = times["torch dynamic int8"][1:]
         for label, _, _ in models:
             passes = times[label][1:]  # the first round warms caches up
             t = statistics.median(passes)
             spread = (statistics.quantiles(passes, n=4)[2] - statistics.quantiles(passes, n=4)[0]) / t \
                 if len(passes) >= 4 else (max(passes) - min(passes)) / t
-            out.append({"batch": f"{batch} x {tokens}", "model": label, "t": t, "spread": spread, "min": min(passes)})
+            paired = paired_ratio(dyn_passes, passes)
+            out.append({"batch": f"{batch} x {tokens}", "model": label, "t": t, "spread": spread, "min": min(passes),
+                        "x_int8": paired})
             print(f"MiniLM {batch:2d} x {tokens:3d} tokens  {label:20s} {t * 1e3:8.2f} ms (min {min(passes) * 1e3:.2f}, "
-                  f"spread {spread:4.0%})", flush=True)
+                  f"spread {spread:4.0%})  x dyn int8 (paired) {paired:5.2f}", flush=True)
     return out
 
 
@@ -232,14 +235,19 @@ def group_rows(args: argparse.Namespace, n: int = 4096, k: int = 4096, m: int = 
         calls["per channel" if gs is None else f"group {gs}"] = [
             lambda p=p: dispatch.linear(x, p, None, bits, kernel="int8") for p in weights]
     passes = interleaved(calls, args.repeats * 3)
-    base = statistics.median(passes["fbgemm int8"])
     out = []
     for label, v in passes.items():
-        t = statistics.median(v)
-        out.append({"group": label, "t": t, "min": min(v), "spread": (max(v) - min(v)) / t, "x_int8": base / t})
+        t, ratio = statistics.median(v), paired_ratio(passes["fbgemm int8"], v)
+        out.append({"group": label, "t": t, "min": min(v), "spread": (max(v) - min(v)) / t, "x_int8": ratio})
         print(f"{n}x{k} M={m} {bits}-bit int8 GEMM {label:12s} {t * 1e3:7.3f} ms (min {min(v) * 1e3:.3f}, spread "
-              f"{(max(v) - min(v)) / t:4.0%})  x fbgemm {base / t:5.2f}", flush=True)
+              f"{(max(v) - min(v)) / t:4.0%})  x fbgemm {ratio:5.2f}", flush=True)
     return out
+
+
+def paired_ratio(base: list[float], passes: list[float]) -> float:
+    """The median over rounds of ``base``'s time over ``passes``' in the same round (> 1: ``passes`` faster):
+    a slow stretch of the machine scales both sides of a round, so it moves this less than a ratio of medians."""
+    return statistics.median(b / p for b, p in zip(base, passes))
 
 
 def interleaved(calls: dict[str, list[Callable[[], object]]], rounds: int) -> dict[str, list[float]]:
@@ -278,15 +286,15 @@ def gemv_rows(args: argparse.Namespace, bw: float, n: int = 4096, k: int = 4096)
         calls[f"ours {b}-bit"] = [lambda p=p, b=b: dispatch.linear(x, p, None, b) for p in weights]
         floors[f"ours {b}-bit"] = (b * n * kb + 2 * 4 * n * groups) / (bw * 1e9)
     passes = interleaved(calls, args.repeats * 6)
-    base = statistics.median(passes["int4pack"]) if "int4pack" in passes else None
+    base = passes.get("int4pack")
     out = []
     for label, v in passes.items():
         t = statistics.median(v)
         row = {"weights": label, "t": t, "min": min(v), "spread": (max(v) - min(v)) / t,
-               "x_int4": None if base is None else base / t, "floor": floors.get(label)}
+               "x_int4": None if base is None else paired_ratio(base, v), "floor": floors.get(label)}
         out.append(row)
         extra = "" if row["floor"] is None else f"  {t / row['floor']:4.1f}x floor"
-        ratio = "n/a" if base is None else f"{base / t:5.2f}"
+        ratio = "n/a" if row["x_int4"] is None else f"{row['x_int4']:5.2f}"
         print(f"{n}x{k} M=1 {label:12s} {t * 1e3:7.3f} ms (min {min(v) * 1e3:.3f}, spread {(max(v) - min(v)) / t:4.0%})"
               f"  x int4pack {ratio}{extra}", flush=True)
     return out
@@ -316,8 +324,9 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
     if gemv:
         lines += ["", "M = 1 (4096x4096) on plain 2-, 3- and 4-bit weights (group 64, the `lut` kernel) against PyTorch's "
                   "int4 kernel (`torch._weight_int4pack_mm_for_cpu`, group 64, bf16 activations), timed interleaved, "
-                  "one pass of each per round (median, minimum, spread = (max - min) / median); floor: our bytes over "
-                  "the copy bandwidth:", "",
+                  "one pass of each per round (median, minimum, spread = (max - min) / median; `x int4pack`: the median "
+                  "over rounds of int4pack's time over ours in the same round); floor: our bytes over the copy "
+                  "bandwidth:", "",
                   "| weights | ms | min ms | spread | x int4pack | x floor |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['weights']} | {cell(r['t'])} | {cell(r['min'])} | {r['spread']:.0%} | "
                   f"{'n/a' if r['x_int4'] is None else format(r['x_int4'], '.2f')} | "
@@ -325,7 +334,8 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
     if groups:
         lines += ["", "Group size and the int8 GEMM (4096x4096, M = 128, 4-bit codes, int8 activations) against fbgemm "
                   "dynamic int8 (per-channel int8 weights), timed interleaved, one pass of each per round (median, "
-                  "minimum, spread = (max - min) / median); the per-group scale and zero terms cost 3 vector "
+                  "minimum, spread = (max - min) / median, `x fbgemm int8`: the median over rounds of fbgemm's time over "
+                  "ours in the same round); the per-group scale and zero terms cost 3 vector "
                   "operations per 16 dot-product instructions at group 64:", "",
                   "| weights | ms | min ms | spread | x fbgemm int8 |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {r['group']} | {cell(r['t'])} | {cell(r['min'])} | {r['spread']:.0%} | {r['x_int8']:.2f} |"
@@ -336,10 +346,11 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
                   "with the feed-forward GELU fused into the up-projection's kernel (`nn.fuse_activations_`; "
                   "'GELU apart': the same weights with the model's own `F.gelu` after the layer); the "
                   "models timed interleaved, one call each per round (median, minimum, spread = interquartile "
-                  "range / median):", "",
-                  "| batch x tokens | model | ms | min ms | spread |", "|---|---|---:|---:|---:|"]
+                  "range / median; `x dyn int8`: the median over rounds of dynamic int8's time over the model's in "
+                  "the same round, > 1: faster than dynamic int8):", "",
+                  "| batch x tokens | model | ms | min ms | spread | x dyn int8 |", "|---|---|---:|---:|---:|---:|"]
         lines += [f"| {r['batch']} | {r['model']} | {cell(r['t'], fmt='{:.2f}')} | {cell(r['min'], fmt='{:.2f}')} | "
-                  f"{r['spread']:.0%} |" for r in mini]
+                  f"{r['spread']:.0%} | {r['x_int8']:.2f} |" for r in mini]
     return "\n".join(lines)
 
 

@@ -32,7 +32,8 @@ def is_exact_gelu(module: object) -> bool:
     if isinstance(module, nn.GELU):
         return module.approximate == "none"
     # transformers.activations.GELUActivation: F.gelu, or its erf formula written out (use_gelu_python)
-    return type(module).__name__ == "GELUActivation" and isinstance(module, nn.Module)
+    cls = type(module)
+    return cls.__name__ == "GELUActivation" and cls.__module__.startswith("transformers.")
 
 
 def _fusable(layer: object) -> bool:
