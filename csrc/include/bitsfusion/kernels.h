@@ -23,8 +23,8 @@ enum bf_isa { BF_ISA_SCALAR = 0, BF_ISA_AVX2 = 1, BF_ISA_AVX512 = 2, BF_ISA_COUN
 // LUT32: fp32 tables (exact). DEQUANT: fp32 dequantised tiles (exact). LUT8: int8 tables (T-MAC style,
 // table rounding error). INT8: activations quantised to int8 per row, integer dot products.
 enum bf_kernel { BF_KERNEL_LUT32 = 0, BF_KERNEL_DEQUANT = 1, BF_KERNEL_LUT8 = 2, BF_KERNEL_INT8 = 3 };
-// Activation applied to y (after the bias) as it is stored, by every kernel: GELU = x * Phi(x) (erf form, as
-// torch.nn.functional.gelu), erf from a rational approximation (|error| < 4e-7, kernel_impl.h).
+// Activation applied to y (bias included) by every kernel, in a pass over each part of y right after writing it:
+// GELU = x * Phi(x) (erf form, as torch.nn.functional.gelu), erf from a rational approximation (kernel_impl.h).
 enum bf_act { BF_ACT_NONE = 0, BF_ACT_GELU = 1, BF_ACT_COUNT = 2 };
 
 typedef struct bf_linear_args {
@@ -43,7 +43,7 @@ typedef struct bf_linear_args {
     // s * z is formed in fp32 in the kernel, which equals szs, and halves the bytes a GEMV streams besides planes.
     const uint16_t* scales_h;
     const uint16_t* zeros_h;
-    int32_t act;               // bf_act, applied to y[m, n] (bias included) before it is written
+    int32_t act;               // bf_act, applied to y[m, n] (bias included) once the kernel has written it
 } bf_linear_args;
 
 // Per-call scratch, all owned by the caller (K32 = 32*Q, the padded K; T = K32/4 tables a row).
