@@ -106,8 +106,8 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
            activation: str | None = None) -> torch.Tensor:
     """``y = act(x @ W'^T + bias)``, as ``kernels.reference.linear``, on the kernel ``choose_kernel`` picks.
 
-    ``activation`` (None or a name in ``reference.ACTIVATIONS``) is applied as the native kernel stores ``y``
-    (``ConfigError`` for another name).
+    ``activation`` (None or a name in ``reference.ACTIVATIONS``) is applied by the native kernel, or after the
+    reference product (``ConfigError`` for another name).
 
     The same decision as ``choose_kernel`` without composing its explanation: a small layer's whole native
     product takes a few microseconds, so the per-call Python work is kept to the checks themselves; the
@@ -128,8 +128,7 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
     y = native.fast_linear(x, packed, bias, active_bits, want, exact, LUT_MAX_ROWS, activation)
     if y is not None:  # the common call: checks cached per weight (native.fast_linear)
         return y
-    if activation is not None and activation not in reference.ACTIVATIONS:
-        reference.activate(x, activation)  # raises ConfigError naming it
+    reference.check_activation(activation)
     reason = fallback_reason(x, packed, bias)
     if reason is not None:
         if want == "auto" or unsupported_reason(packed) is not None:

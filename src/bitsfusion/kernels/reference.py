@@ -33,22 +33,25 @@ from ..pack.packed import PackedWeight
 from ..quant.codes import dequantize_codes
 
 __all__ = ["linear", "conv2d", "dequantized_weight", "quantize_activations", "linear_int8_activations",
-           "lut8_error_bound", "activate", "ACTIVATIONS"]
+           "lut8_error_bound", "activate", "check_activation", "ACTIVATIONS"]
 
 IntPair = int | tuple[int, int]
 
 ACTIVATIONS: tuple[str, ...] = ("gelu",)
-"""Activations a linear layer can apply to its output (``activation=``), fused into the native kernels' stores:
-``gelu`` is ``torch.nn.functional.gelu`` (the erf form)."""
+"""Activations a linear layer can apply to its output (``activation=``), fused into the native kernels (a pass
+over each part of ``y`` right after they write it): ``gelu`` is ``torch.nn.functional.gelu`` (the erf form)."""
+
+
+def check_activation(activation: str | None) -> None:
+    """``ConfigError`` naming the choices unless ``activation`` is None or a name in ``ACTIVATIONS``."""
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ConfigError(f"activation {activation!r} is not one of {[None, *ACTIVATIONS]}")
 
 
 def activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     """``y`` through ``activation`` (None: unchanged); ``ConfigError`` for a name not in ``ACTIVATIONS``."""
-    if activation is None:
-        return y
-    if activation == "gelu":
-        return F.gelu(y)
-    raise ConfigError(f"activation {activation!r} is not one of {[None, *ACTIVATIONS]}")
+    check_activation(activation)
+    return y if activation is None else F.gelu(y)
 
 
 def dequantized_weight(packed: PackedWeight, active_bits: int | None, dtype: torch.dtype) -> torch.Tensor:

@@ -30,7 +30,7 @@ class QLinear(QModule):
     the int8 kernels (fp32 tables and activations: ``lut32`` / ``dequant``), for layers whose quality
     int8 activations would hurt; ``kernel`` forces a kernel name of ``kernels.dispatch.KERNEL_CHOICES``
     (None: ``$BITSFUSION_KERNEL`` or the choice by shape); ``activation`` (None or ``"gelu"``) applies that
-    function to ``y`` as the kernel stores it, set by ``nn.fuse_activations_`` when it removes the model's
+    function to ``y`` inside the kernel, set by ``nn.fuse_activations_`` when it removes the model's
     own activation module after this layer.
     """
 
