@@ -64,7 +64,7 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
 static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int bits, uintptr_t scales,
                        uintptr_t szs, int64_t n_groups, uintptr_t input_scale, uintptr_t bias, uintptr_t y,
                        int64_t n, int active_bits, int64_t group_kb, int kernel, int isa, int threads,
-                       uintptr_t scales_h, uintptr_t zeros_h, int act) {
+                       uintptr_t scales_h, uintptr_t zeros_h, int act, float zero_h) {
     need(n >= 1 && k >= 1 && k < (1 << 17) && m >= 0, "bad sizes");
     need(active_bits >= 1 && active_bits <= bits && bits <= 8, "active_bits must be in 1..bits (<= 8)");
     need(kernel >= BF_KERNEL_LUT32 && kernel <= BF_KERNEL_INT8, "unknown kernel");
@@ -80,8 +80,8 @@ static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int 
     a.scales = (const float*)scales; a.szs = (const float*)szs; a.n_groups = n_groups; a.group_kb = group_kb;
     a.bias = (const float*)bias;
     a.y = (float*)y; a.kernel = kernel; a.act = act;
-    need((scales_h == 0) == (zeros_h == 0), "scales_h and zeros_h come together");
-    a.scales_h = (const uint16_t*)scales_h; a.zeros_h = (const uint16_t*)zeros_h;
+    need(scales_h != 0 || zeros_h == 0, "zeros_h needs scales_h");
+    a.scales_h = (const uint16_t*)scales_h; a.zeros_h = (const uint16_t*)zeros_h; a.zero_h = zero_h;
     if (m == 0) return;
     nb::gil_scoped_release release;
     bf::linear(a, isa, threads);
@@ -96,7 +96,7 @@ NB_MODULE(_C, mod) {
             nb::arg("scales"), nb::arg("szs"), nb::arg("n_groups"), nb::arg("input_scale"), nb::arg("bias"),
             nb::arg("y"), nb::arg("n"), nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"),
             nb::arg("isa"), nb::arg("threads"), nb::arg("scales_h") = 0, nb::arg("zeros_h") = 0,
-            nb::arg("act") = 0);
+            nb::arg("act") = 0, nb::arg("zero_h") = 0.0f);
     mod.def("isa_supported", &bf::isa_supported, nb::arg("isa"));
     mod.def("best_isa", &bf::best_isa);
     mod.def("isa_name", [](int isa) { return std::string(bf::isa_name(isa)); }, nb::arg("isa"));

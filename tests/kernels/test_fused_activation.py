@@ -103,7 +103,7 @@ def test_the_extension_refuses_an_act_code_it_does_not_know() -> None:
     from bitsfusion.kernels.repack import kernel_weight
 
     kw = kernel_weight(packed)
-    sp, szp, _, _ = kw.pointers(packed, 4)
+    sp, szp, *_ = kw.pointers(packed, 4)
     x, y = torch.randn(2, 64), torch.empty(2, 16)
     with pytest.raises(ValueError, match="act must be"):
         isa.NATIVE.linear_raw(x.data_ptr(), 2, 64, kw.planes.data_ptr(), kw.bits, sp, szp, kw.n_groups, 0, 0,

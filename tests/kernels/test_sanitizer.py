@@ -66,12 +66,12 @@ CHILD = textwrap.dedent("""
                                   ref.shape[1], int(g("active")), int(g("group_kb")), kernel, isa, threads)
                     assert np.array_equal(y, y2), (isa, c, kernel, threads)
                     if kernel == 2 and g("scales_h").size:  # float16 scales and zeros: the same numbers
-                        sh, zh = g("scales_h"), g("zeros_h")
+                        sh, zh = g("scales_h"), g("zeros_h")  # no zeros_h: a symmetric grid's constant zero_h
                         _C.linear_raw(x.ctypes.data, x.shape[0], x.shape[1], planes.ctypes.data, planes.shape[1],
                                       scales.ctypes.data, szs.ctypes.data, scales.shape[1],
                                       0 if inp is None else inp.ctypes.data, bias.ctypes.data, y2.ctypes.data,
                                       ref.shape[1], int(g("active")), int(g("group_kb")), kernel, isa, threads,
-                                      sh.ctypes.data, zh.ctypes.data)
+                                      sh.ctypes.data, zh.ctypes.data if zh.size else 0, 0, float(g("zero_h")))
                         assert np.array_equal(y, y2), ("float16 scales", isa, c, threads)
     print("sanitized kernels ok")
 """)
@@ -125,6 +125,7 @@ def _cases(path: Path) -> None:
         halves = kw.precision_half(packed, active)
         for name, t in zip(("scales_h", "zeros_h"), halves if halves is not None else (None, None)):
             arrays[f"{c}_{name}"] = np.empty(0, np.uint16) if t is None else t.contiguous().view(torch.int16).numpy()
+        arrays[f"{c}_zero_h"] = np.array(kw.pointers(packed, active)[4], np.float32)
     np.savez(path, **arrays)
 
 

@@ -42,7 +42,8 @@ typedef struct bf_linear_args {
     // Optional (LUT8 on AVX-512 reads them when set): the same scales, and the zeros, as float16 [NB][NG][16];
     // s * z is formed in fp32 in the kernel, which equals szs, and halves the bytes a GEMV streams besides planes.
     const uint16_t* scales_h;
-    const uint16_t* zeros_h;
+    const uint16_t* zeros_h;   // NULL with scales_h set: every group's zero is zero_h (a symmetric grid's constant)
+    float zero_h;
     int32_t act;               // bf_act, applied to y[m, n] (bias included) once the kernel has written it
 } bf_linear_args;
 

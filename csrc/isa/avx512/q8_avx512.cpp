@@ -81,9 +81,12 @@ static void lut8_block(const bf_linear_args* a, const bf_q8_scratch* s, int64_t 
                 d[mm] = _mm512_add_epi32(_mm512_add_epi32(d[mm], d[mm]), _mm512_add_epi32(pl[mm], ph[mm]));
         }
         __m512 sg, zg;
-        if (a->scales_h) {  // float16 scales and zeros: half the bytes of fp32 scales and s*z
+        if (a->scales_h) {  // float16 scales and zeros: half the bytes of fp32 scales and s*z; none for a constant zero
             sg = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(a->scales_h + (nb * NG + g) * 16)));
-            zg = _mm512_mul_ps(sg, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(a->zeros_h + (nb * NG + g) * 16))));
+            const __m512 zh = a->zeros_h
+                ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(a->zeros_h + (nb * NG + g) * 16)))
+                : _mm512_set1_ps(a->zero_h);
+            zg = _mm512_mul_ps(sg, zh);
         } else {
             sg = _mm512_loadu_ps(a->scales + (nb * NG + g) * 16);
             zg = _mm512_loadu_ps(a->szs + (nb * NG + g) * 16);

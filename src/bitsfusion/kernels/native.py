@@ -108,14 +108,14 @@ def run(x2d: torch.Tensor, kw: KernelWeight, packed: PackedWeight, bias: torch.T
     if kernel == "lut" and kw.lut8_reason is not None:
         raise KernelUnavailable(f"native: the lut kernel cannot run this weight: {kw.lut8_reason}")
     act = _act_code(activation)
-    sp, szp, sh, zh = kw.pointers(packed, active_bits)  # checked when made; float16 pair: lut only
+    sp, szp, sh, zh, zc = kw.pointers(packed, active_bits)  # checked when made; float16 scales: lut only
     if kernel != "lut":
         sh = zh = 0
     y = torch.empty((x2d.shape[0], kw.n), dtype=torch.float32)
     inp = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
     mod.linear_raw(x2d.data_ptr(), x2d.shape[0], kw.k, kw.planes.data_ptr(), kw.bits, sp, szp, kw.n_groups, inp,
                    0 if bias is None else bias.data_ptr(), y.data_ptr(), kw.n, active_bits, kw.group_kb,
-                   _CODES[kernel], _isa.isa_code(isa), max(1, int(threads)), sh, zh, act)
+                   _CODES[kernel], _isa.isa_code(isa), max(1, int(threads)), sh, zh, act, zc)
     return y
 
 
@@ -230,9 +230,9 @@ def _fast_entry(packed: PackedWeight, active_bits: int) -> tuple | None:
             (zeros is None or (hit[3] == zeros._version and hit[6] == zeros.data_ptr())) and hit[5] == scales.data_ptr():
         return hit[4]
     kw = _FAST[key][6]
-    sp, szp, sh, zh = kw.pointers(packed, active_bits)  # shapes, dtypes, contiguity checked there
+    sp, szp, sh, zh, zc = kw.pointers(packed, active_bits)  # shapes, dtypes, contiguity checked there
     inp_ptr = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
-    info = (kw, sp, szp, sh, zh, inp_ptr, kw.planes.data_ptr(), kw.lut8_reason is None)
+    info = (kw, sp, szp, sh, zh, zc, inp_ptr, kw.planes.data_ptr(), kw.lut8_reason is None)
     per[active_bits] = (scales, scales._version, zeros, None if zeros is None else zeros._version, info,
                         scales.data_ptr(), None if zeros is None else zeros.data_ptr())
     return info
@@ -252,7 +252,7 @@ def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
     info = _fast_entry(packed, bits)
     if info is None:
         return None
-    kw, sp, szp, sh, zh, inp_ptr, planes_ptr, lut8_ok = info
+    kw, sp, szp, sh, zh, zc, inp_ptr, planes_ptr, lut8_ok = info
     k = kw.k
     if x.shape[-1] != k or not x.is_contiguous() or x.data_ptr() & 3:
         return None
@@ -284,7 +284,8 @@ def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
         sh = zh = 0
     y = x.new_empty(*x.shape[:-1], kw.n)  # float32 on CPU like x; ints, not a tuple: ~0.6 us cheaper
     mod.linear_raw(x.data_ptr(), rows, k, planes_ptr, kw.bits, sp, szp, kw.n_groups, inp_ptr, bptr, y.data_ptr(),
-                   kw.n, bits, kw.group_kb, _NATIVE_CODES[want], _BEST_ISA, torch.get_num_threads(), sh, zh, act)
+                   kw.n, bits, kw.group_kb, _NATIVE_CODES[want], _BEST_ISA, torch.get_num_threads(), sh, zh, act,
+                   zc)
     return y
 
 

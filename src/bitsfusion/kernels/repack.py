@@ -97,10 +97,11 @@ class KernelWeight:
     _halves: dict = field(default_factory=dict)
     _pointers: dict = field(default_factory=dict)
 
-    def pointers(self, packed: PackedWeight, active_bits: int) -> tuple[int, int, int, int]:
+    def pointers(self, packed: PackedWeight, active_bits: int) -> tuple[int, int, int, int, float]:
         """Addresses ``(scales, szs, scales_h, zeros_h)`` of precision ``active_bits`` for ``_C`` (0: no float16
-        pair), from tensors checked once when made (shape, dtype, contiguity) and kept alive by the caches;
-        a new or rewritten source tensor (another stamp) remakes them. One stamp check per call."""
+        scales; ``zeros_h`` 0 with ``scales_h`` set: a symmetric grid, whose one zero is the fifth element), from
+        tensors checked once when made (shape, dtype, contiguity) and kept alive by the caches; a new or
+        rewritten source tensor (another stamp) remakes them. One stamp check per call."""
         scales, zeros = packed.scale_zero(active_bits)
         stamp = _stamp(scales, zeros)
         hit = self._pointers.get(active_bits)
@@ -109,13 +110,17 @@ class KernelWeight:
         s32, sz32 = self.precision(packed, active_bits)
         halves = self.precision_half(packed, active_bits)
         shape = (-(-self.n // 16), self.n_groups, 16)
-        ok = all(tuple(t.shape) == shape and t.is_contiguous() for t in (s32, sz32, *(halves or ())))
+        ok = all(tuple(t.shape) == shape and t.is_contiguous() for t in (s32, sz32, *(halves or ())) if t is not None)
         ok = ok and s32.dtype == sz32.dtype == torch.float32
-        ok = ok and (halves is None or halves[0].dtype == halves[1].dtype == torch.float16)
+        ok = ok and (halves is None or all(t.dtype == torch.float16 for t in halves if t is not None))
         if not ok:
             raise ConfigError(f"repacked scales of precision {active_bits} are not float32 {list(shape)}")
-        ptrs = (s32.data_ptr(), sz32.data_ptr(), *((0, 0) if halves is None else (halves[0].data_ptr(),
-                                                                                  halves[1].data_ptr())))
+        zero_h = float(packed.scheme.grid.constant_zero(active_bits) or 0.0)
+        if halves is None:
+            ptrs = (s32.data_ptr(), sz32.data_ptr(), 0, 0, zero_h)
+        else:
+            ptrs = (s32.data_ptr(), sz32.data_ptr(), halves[0].data_ptr(),
+                    0 if halves[1] is None else halves[1].data_ptr(), zero_h)
         self._pointers[active_bits] = (stamp, ptrs)
         return ptrs  # type: ignore[return-value]
 
@@ -143,9 +148,11 @@ class KernelWeight:
         self._precisions[active_bits] = (stamp, out)
         return out
 
-    def precision_half(self, packed: PackedWeight, active_bits: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """float16 ``(scales, zeros)`` ``[NB, NG, 16]`` for the GEMV (half the bytes of ``precision``'s), or
-        None when the stored scales or zeros are not float16 (a cast would round them). Cached likewise."""
+    def precision_half(self, packed: PackedWeight, active_bits: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """float16 ``(scales, zeros)`` ``[NB, NG, 16]`` for the GEMV (half the bytes of ``precision``'s; zeros
+        None on a symmetric grid, whose zero is one constant: the GEMV then streams only the scales), or None
+        when the stored scales or zeros are not float16 (a cast would round them). Cached likewise."""
         scales, zeros = packed.scale_zero(active_bits)
         if scales.dtype != torch.float16 or (zeros is not None and zeros.dtype != torch.float16):
             return None
@@ -153,9 +160,7 @@ class KernelWeight:
         hit = self._halves.get(active_bits)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        if zeros is None:
-            zeros = torch.full_like(scales, packed.scheme.grid.constant_zero(active_bits))
-        out = (block_rows(scales, self.n), block_rows(zeros, self.n))
+        out = (block_rows(scales, self.n), None if zeros is None else block_rows(zeros, self.n))
         self._halves[active_bits] = (stamp, out)
         return out
 
