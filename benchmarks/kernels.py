@@ -78,6 +78,14 @@ def random_packed(n: int, k: int, seed: int, scheme: QScheme | None = None) -> P
     return PackedWeight.from_quantized(qw)
 
 
+def floor_bytes(kernel: str, bits: int, n: int, k: int) -> int:
+    """Bytes a call must read of a symmetric ``bits``-bit weight (group 64) in the kernel layout: the active planes
+    (rows padded to 32 columns) and the per-group scales as that kernel reads them (``lut``: float16 scales, the
+    zero a constant; the others: float32 scale and scale * zero)."""
+    kb, groups = -(-k // 32) * 4, -(-k // 64)
+    return bits * n * kb + (2 if kernel == "lut" else 8) * n * groups
+
+
 def copies_for(nbytes: int, rotate_mb: int) -> int:
     return max(2, min(512, -(-(rotate_mb << 20) // max(nbytes, 1))))
 
@@ -135,7 +143,7 @@ def baselines(n: int, k: int, m: int, args: argparse.Namespace) -> dict[str, Tim
 
 
 def run_shape(name: str, n: int, k: int, args: argparse.Namespace, bw: float) -> list[dict]:
-    kb, groups = -(-k // 32) * 4, -(-k // 64)  # plane bytes a row in the kernel layout (padded to 32 columns)
+    kb = -(-k // 32) * 4  # plane bytes a row in the kernel layout (padded to 32 columns)
     weights = [random_packed(n, k, s) for s in range(copies_for(8 * n * kb, args.rotate_mb))]
     for p in weights:
         kernel_weight(p)  # load-time repack, outside the timing
@@ -151,7 +159,7 @@ def run_shape(name: str, n: int, k: int, args: argparse.Namespace, bw: float) ->
             for kern in [picked] + (["dequant"] if m >= 128 else []):
                 t, spread = time_rotating([lambda p=p: dispatch.linear(x, p, None, b, kernel=kern) for p in weights],
                                           args.repeats)
-                floor = (b * n * kb + 2 * 4 * n * groups) / (bw * 1e9)
+                floor = floor_bytes(kern, b, n, k) / (bw * 1e9)
                 row = {"shape": name, "m": m, "bits": b, "kernel": kern, "t": t, "spread": spread, "floor": floor,
                        **{key: (None if v is None else v[0]) for key, v in base.items()}}
                 rows.append(row)
@@ -277,14 +285,13 @@ def gemv_rows(args: argparse.Namespace, bw: float, n: int = 4096, k: int = 4096)
     if int4 is not None:
         calls["int4pack"] = int4
     floors = {}
-    kb, groups = -(-k // 32) * 4, -(-k // 64)
     for b in GEMV_BITS:
         weights = [random_packed(n, k, seed, QScheme(b, group_size=64))
                    for seed in range(copies_for(n * k * b // 8, args.rotate_mb))]
         for p in weights:
             kernel_weight(p)
         calls[f"ours {b}-bit"] = [lambda p=p, b=b: dispatch.linear(x, p, None, b) for p in weights]
-        floors[f"ours {b}-bit"] = (b * n * kb + 2 * 4 * n * groups) / (bw * 1e9)
+        floors[f"ours {b}-bit"] = floor_bytes(dispatch.choose_kernel(x, weights[0])[0], b, n, k) / (bw * 1e9)
     passes = interleaved(calls, args.repeats * 6)
     base = passes.get("int4pack")
     out = []
