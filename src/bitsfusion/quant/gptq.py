@@ -25,6 +25,10 @@ pushed others to 20.7; mean embedding cosine 0.936 at 4 bits and 0.367 at 3 bits
 0.956 / 0.831 for round-to-nearest. Min-max never clips; the weighted choice keeps it where the
 clipped weight's input matters.
 
+A nested scheme (``nested_gptq_codes``) runs one such trajectory per precision over shared codes: the code of a
+column is chosen for the errors of all precisions' prefixes, and each precision then spreads its own error onto
+its own copy of the later columns, so the 2-bit prefix of a 4-bit code is compensated as a 2-bit code would be.
+
 ``H`` is prepared as GPTQ prepares it: a dead column (``H[k, k] == 0``: its input is always zero)
 gets ``H[k, k] = 1`` (its error then reaches no other column), and ``damp * mean(diag H)`` is added
 to the diagonal (``DAMP = 0.01``; multiplied by 10 and retried, up to ``CHOLESKY_TRIES`` times, if
@@ -46,7 +50,8 @@ from ..errors import ConfigError
 from ..types import QScheme
 from .grids import GridSpec
 
-__all__ = ["gptq_codes", "prepare_inverse_factor", "block_size_for", "pick_weighted", "BLOCK", "DAMP",
+__all__ = ["gptq_codes", "nested_gptq_codes", "prepare_inverse_factor", "block_size_for", "pick_weighted", "BLOCK",
+           "DAMP",
            "CHOLESKY_TRIES"]
 
 BLOCK = 128
@@ -116,7 +121,7 @@ def pick_weighted(x: torch.Tensor, weight: torch.Tensor, spec: GridSpec, candida
 def gptq_codes(
     w: torch.Tensor, hessian: torch.Tensor, scheme: QScheme, fit_group: FitGroup
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """GPTQ codes and group parameters of ``w`` at ``scheme.bits`` (nested precisions are not handled here).
+    """GPTQ codes and group parameters of ``w`` at ``scheme.bits`` (nested schemes: ``nested_gptq_codes``).
 
     Args:
         w: float32 ``[N, K]`` (validated by the caller).
@@ -168,3 +173,90 @@ def gptq_codes(
             work[:, b1:] -= errs @ u[b0:b1, b1:]
     z = torch.cat(zeros, dim=1) if zeros else None
     return codes, torch.cat(scales, dim=1), z
+
+
+def nested_gptq_codes(
+    w: torch.Tensor, hessian: torch.Tensor, scheme: QScheme, fit_group: FitGroup,
+    weights: dict[int, float], fixed: dict[int, Params] | None = None,
+) -> tuple[torch.Tensor, dict[int, Params]]:
+    """GPTQ for a nested scheme: one code per weight, one error trajectory per precision.
+
+    Every precision ``p`` of ``scheme.precisions`` keeps its own updated copy of the columns, fed
+    back with its own error (the truncated code ``c >> (bits - p)`` against that copy), so each
+    precision's output error is compensated as if it were quantized alone. The shared code of a
+    column is the one of ``0 .. cmax`` whose prefixes minimise ``sum_p weights[p] * 4^(bits - p) * ((x_p -
+    level_p) / s_p)^2`` (``weights`` default 1): each precision's error in steps of its own grid, scaled so
+    that at the midpoint scaling ``s_p = 2^(bits-p) s`` it is the plain sum of the precisions' squared errors.
+    Once the scales are refitted (a coarse precision's range shrinks below the midpoint scaling's), a
+    coarse precision's error weighs in proportion to its own range, not to the full one: measured on
+    MiniLM (3 rounds, see ``quantizer._nested_gptq``) 0.9784 / 0.9551 / 0.8691 mean cosine at 4 / 3 / 2 bits,
+    against 0.9792 / 0.9531 / 0.8564 with the plain squared errors.
+
+    Scales: ``fixed`` per precision (``[N, n_groups]`` each, e.g. refitted after a first pass), or
+    when None the full precision's from ``fit_group`` on its own trajectory at group entry and each
+    lower precision's its midpoint scaling (``s * 2^(b-p)``, zero ``(z - (2^(b-p) - 1) / 2) / 2^(b-p)``:
+    the centre of the block of full codes its code stands for), all float16-representable.
+
+    Returns codes float32 ``[N, K]`` at ``scheme.bits`` and ``{p: (scales, zeros)}``.
+    """
+    n, k = w.shape
+    u = prepare_inverse_factor(hessian.to(w.device))
+    h_diag = hessian.to(w.device).diagonal().to(torch.float32).clamp(min=0)
+    bits, precs = scheme.bits, scheme.precisions
+    specs = {p: GridSpec(scheme.grid, p) for p in precs}
+    g = scheme.effective_group_size(k)
+    candidates = torch.arange(specs[bits].cmax + 1, dtype=torch.float32, device=w.device).unsqueeze(0)
+    prefix = {p: (candidates * (1.0 / (1 << (bits - p)))).floor() for p in precs}
+    work = {p: w.clone() for p in precs}
+    codes = torch.empty_like(w)
+    found: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {p: ([], []) for p in precs}
+    cur: dict[int, Params] = {}
+
+    def enter_group(gi: int, x_full: torch.Tensor, cols: slice) -> None:
+        if fixed is not None:
+            for p in precs:
+                s, z = fixed[p]
+                cur[p] = (s[:, gi : gi + 1], None if z is None else z[:, gi : gi + 1])
+            return
+        s, z = pick_weighted(x_full, h_diag[cols], specs[bits], fit_group(x_full))
+        cur[bits] = (s, z)
+        for p in precs[:-1]:
+            d = float(1 << (bits - p))
+            cur[p] = ((s * d).half().float(), None if z is None else ((z - (d - 1) / 2) / d).half().float())
+        for p in precs:
+            found[p][0].append(cur[p][0])
+            if cur[p][1] is not None:
+                found[p][1].append(cur[p][1])  # type: ignore[arg-type]
+
+    if scheme.group_size is None:
+        enter_group(0, w, slice(0, k))
+    block = block_size_for(scheme, k)
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        cols = {p: work[p][:, b0:b1].clone() for p in precs}
+        errs = {p: torch.empty_like(cols[p]) for p in precs}
+        u_blk = u[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            if scheme.group_size is not None and (b0 + i) % g == 0:
+                width = min(g, k - b0 - i)
+                enter_group((b0 + i) // g, cols[bits][:, i : i + width], slice(b0 + i, b0 + i + width))
+            cost = torch.zeros(n, candidates.shape[1], device=w.device)
+            for p in precs:
+                s, z = cur[p]
+                r = cols[p][:, i : i + 1] / s - specs[p].levels(prefix[p], z)
+                cost.add_(r.square_(), alpha=weights.get(p, 1.0) * float(1 << (2 * (bits - p))))
+            c = cost.argmin(dim=1, keepdim=True).to(torch.float32)
+            codes[:, b0 + i] = c[:, 0]
+            for p in precs:
+                s, z = cur[p]
+                q = (c * (1.0 / (1 << (bits - p)))).floor_()
+                x = cols[p][:, i : i + 1]
+                err = (x - specs[p].levels(q, z) * s) / u_blk[i, i]
+                cols[p][:, i:] -= err * u_blk[i : i + 1, i:]
+                errs[p][:, i : i + 1] = err
+        if b1 < k:
+            for p in precs:
+                work[p][:, b1:] -= errs[p] @ u[b0:b1, b1:]
+    if fixed is not None:
+        return codes, dict(fixed)
+    return codes, {p: (torch.cat(s, 1), torch.cat(z, 1) if z else None) for p, (s, z) in found.items()}
