@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.results.read_text(encoding="utf-8"))
     cases = [c for c in args.cases.split(",") if c]
     command = ("python benchmarks/distill.py " + " ".join(argv if argv is not None else sys.argv[1:]) if cases
-               else "make bench-distill (its three invocations; --cases '' only re-renders the recorded cases)")
+               else "make bench-distill (one invocation per group of cases; --cases '' only re-renders the recorded cases)")
     for name in cases:
         print(f"== {name}", flush=True)
         record = run_case(name, args)
