@@ -49,10 +49,10 @@ import torch
 from ..errors import ConfigError
 from ..types import QScheme
 from .grids import GridSpec
+from .nested import truncate_codes
 
 __all__ = ["gptq_codes", "nested_gptq_codes", "prepare_inverse_factor", "block_size_for", "pick_weighted", "BLOCK",
-           "DAMP",
-           "CHOLESKY_TRIES"]
+           "DAMP", "CHOLESKY_TRIES"]
 
 BLOCK = 128
 DAMP = 0.01
@@ -206,7 +206,7 @@ def nested_gptq_codes(
     specs = {p: GridSpec(scheme.grid, p) for p in precs}
     g = scheme.effective_group_size(k)
     candidates = torch.arange(specs[bits].cmax + 1, dtype=torch.float32, device=w.device).unsqueeze(0)
-    prefix = {p: (candidates * (1.0 / (1 << (bits - p)))).floor() for p in precs}
+    prefix = {p: truncate_codes(candidates, bits, p) for p in precs}
     work = {p: w.clone() for p in precs}
     codes = torch.empty_like(w)
     found: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {p: ([], []) for p in precs}
@@ -249,7 +249,7 @@ def nested_gptq_codes(
             codes[:, b0 + i] = c[:, 0]
             for p in precs:
                 s, z = cur[p]
-                q = (c * (1.0 / (1 << (bits - p)))).floor_()
+                q = truncate_codes(c, bits, p)
                 x = cols[p][:, i : i + 1]
                 err = (x - specs[p].levels(q, z) * s) / u_blk[i, i]
                 cols[p][:, i:] -= err * u_blk[i : i + 1, i:]

@@ -36,7 +36,8 @@ from ..types import QScheme
 from .grids import GridSpec, group_sq_error
 from .scales import fp16_params, least_squares_params
 
-__all__ = ["GroupFit", "nest_by_truncation", "fit_nested", "precision_errors", "NEST_ROUNDS", "NEST_SHRINK", "BEAM"]
+__all__ = ["GroupFit", "truncate_codes", "nest_by_truncation", "fit_nested", "precision_errors", "NEST_ROUNDS",
+           "NEST_SHRINK", "BEAM"]
 
 NEST_ROUNDS = 2
 NEST_SHRINK = (1.0, 0.9, 0.8)
@@ -54,7 +55,7 @@ class GroupFit:
     params: dict[int, Params] = field(default_factory=dict)
 
 
-def _truncate(codes: torch.Tensor, bits: int, to_bits: int) -> torch.Tensor:
+def truncate_codes(codes: torch.Tensor, bits: int, to_bits: int) -> torch.Tensor:
     """``codes >> (bits - to_bits)`` on float codes (exact: the divisor is a power of two)."""
     return (codes * (1.0 / (1 << (bits - to_bits)))).floor_()
 
@@ -75,14 +76,14 @@ def _refit(
         else:
             d = float(1 << (scheme.bits - p))
             s0, z0 = fp16_params(s_b * d, amax, None if z_b is None else (lambda _s: (z_b - (d - 1) / 2) / d))
-        params[p] = least_squares_params(x, _truncate(codes, scheme.bits, p), spec, amax, s0, z0)
+        params[p] = least_squares_params(x, truncate_codes(codes, scheme.bits, p), spec, amax, s0, z0)
     return GroupFit(codes, params)
 
 
 def precision_errors(x: torch.Tensor, fit: GroupFit, scheme: QScheme) -> dict[int, torch.Tensor]:
     """Squared error ``[R]`` of the truncated codes at each precision of ``fit``."""
     return {
-        p: group_sq_error(x, GridSpec(scheme.grid, p), s, z, codes=_truncate(fit.codes, scheme.bits, p))
+        p: group_sq_error(x, GridSpec(scheme.grid, p), s, z, codes=truncate_codes(fit.codes, scheme.bits, p))
         for p, (s, z) in fit.params.items()
     }
 
@@ -133,7 +134,7 @@ def _search_rows(levels: _Levels, beam: int) -> torch.Tensor:
     cost = torch.zeros(1, *levels.x.shape, device=levels.x.device)
     for j in range(m - 1):
         low = levels.pos[j].floor()
-        prefix = _truncate(levels.full, b, levels.bits[j])
+        prefix = truncate_codes(levels.full, b, levels.bits[j])
         cands = torch.stack([low, low + 1, prefix])  # [3, r, L]
         parent = None if q is None else q.repeat_interleave(3, dim=0)
         q = levels.clamp(j, parent, cands.repeat(cost.shape[0], 1, 1))

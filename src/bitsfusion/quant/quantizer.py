@@ -39,7 +39,7 @@ from .awq import awq_search
 from .codes import QuantizedWeight
 from .gptq import gptq_codes, nested_gptq_codes
 from .grids import GridSpec
-from .nested import GroupFit, fit_nested, nest_by_truncation
+from .nested import GroupFit, fit_nested, nest_by_truncation, truncate_codes
 from .refit import refit_params
 from .scales import MAX_ABS_WEIGHT, als, minmax, mse_search
 
@@ -204,15 +204,10 @@ def _nested_gptq(w32: torch.Tensor, hessian: torch.Tensor, scheme: QScheme, fit_
     g = scheme.effective_group_size(int(w32.shape[1]))
     weights = {scheme.bits: full_weight}
     fixed: Params | None = None
-    codes = w32
     for _ in range(NESTED_GPTQ_ROUNDS):
         codes, found = nested_gptq_codes(w32, hessian, scheme, fit_group, weights, fixed)
-        fixed = {}
-        for p in scheme.precisions:
-            s, z = found[p]
-            truncated = (codes * (1.0 / (1 << (scheme.bits - p)))).floor()
-            fixed[p] = refit_params(w32, truncated, s, z, GridSpec(scheme.grid, p), g, hessian)
-    assert fixed is not None
+        fixed = {p: refit_params(w32, truncate_codes(codes, scheme.bits, p), s, z, GridSpec(scheme.grid, p), g, hessian)
+                 for p, (s, z) in found.items()}
     return codes, fixed
 
 
