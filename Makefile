@@ -39,14 +39,17 @@ bench-mixed: $(STAMP)
 	$(PY) benchmarks/mixed.py --refine --sequential-batches 128 --write docs/BENCHMARKS.md
 
 # distillation on MiniLM: 2.0 and 3.0 bits from the committed sensitivity table (benchmarks/mixed.py --sens
-# made it), then nested 4/3/2 against each precision trained alone (~2 hours: six training runs)
+# made it), then nested 4/3/2 against each precision trained alone, two seeds (~3.5 hours: eleven training runs)
 bench-distill: $(STAMP)
 	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed2 --write docs/BENCHMARKS.md
 	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed3 --steps 3600 --lr 1e-4 --scale-lr 1e-4 --feature-weight 1.0 --dampen 1.0 \
 		--write docs/BENCHMARKS.md
 	$(PY) benchmarks/distill.py --sens benchmarks/results/minilm_sens.json --cases mixed3-seq --lr 4e-5 --scale-lr 4e-4 \
 		--write docs/BENCHMARKS.md
-	$(PY) benchmarks/distill.py --cases nested,uniform2,uniform3,uniform4 --nested-steps 800 --write docs/BENCHMARKS.md
+	$(PY) benchmarks/distill.py --cases nested --nested-steps 800 --bit-weights 1,1,1.25 --write docs/BENCHMARKS.md
+	$(PY) benchmarks/distill.py --cases uniform2,uniform3,uniform4 --nested-steps 800 --write docs/BENCHMARKS.md
+	$(PY) benchmarks/distill.py --cases nested --nested-steps 800 --bit-weights 1,1,1.25 --seed 1 --write docs/BENCHMARKS.md
+	$(PY) benchmarks/distill.py --cases uniform2,uniform3,uniform4 --nested-steps 800 --seed 1 --write docs/BENCHMARKS.md
 
 # BitsFusion on the digits UNet: 1000 samples x 50 DDIM steps per model, 1500 + 300 training steps (~30 min)
 bench-diffusion: $(STAMP)

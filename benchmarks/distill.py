@@ -55,6 +55,7 @@ HEADING = "## Distillation: all-MiniLM-L6-v2"
 HESSIAN_BATCHES = 32
 UNIFORM = {b: QScheme(bits=b, group_size=64, grid="asymmetric", calibration="gptq") for b in (4, 3, 2)}
 NESTED = QScheme(bits=4, group_size=64, grid="asymmetric", calibration="gptq", nested=(3, 2))
+NESTED_CASES = ("nested", "uniform4", "uniform3", "uniform2")
 
 
 def _plan_from_table(sens: Path | None, avg_bits: float, skip: tuple[str, ...]) -> BitPlan:
@@ -67,7 +68,7 @@ def _plan_from_table(sens: Path | None, avg_bits: float, skip: tuple[str, ...]) 
 
 def _case(name: str, args: argparse.Namespace, skip: tuple[str, ...]) -> tuple[BitPlan, DistillConfig, tuple[int, ...]]:
     steps, nsteps = args.steps, args.nested_steps
-    common = {"lr": args.lr, "scale_lr": args.scale_lr, "eval_every": args.eval_every, "seed": 0,
+    common = {"lr": args.lr, "scale_lr": args.scale_lr, "eval_every": args.eval_every, "seed": args.seed,
               "feature_weight": args.feature_weight, "dampen": args.dampen}
     if name in ("mixed2", "mixed3", "mixed2-seq", "mixed3-seq"):
         plan = _plan_from_table(args.sens, 2.0 if name.startswith("mixed2") else 3.0, skip)
@@ -148,7 +149,7 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
         "sentences every `eval_every` steps with the best state kept. `train s` is the wall time of training "
         "(2 threads) including its validations; `packed` is the converted artifact on the native kernels "
         "(int8 activations where the kernel choice takes them). Spread: each case ran once (one run is up to 30 "
-        "minutes), from seed 0; validation scores along each run are in its JSON record "
+        "minutes), from seed 0 unless its name says another; validation scores along each run are in its JSON record "
         "(`benchmarks/results/distill.json`).",
         "",
         "| model | bits/w | mean cos | p5 cos | top-10 | training |",
@@ -188,14 +189,20 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
                        f"({a['mean_cos']:.4f}, {minutes:.1f} min)")
     if targets:
         lines += ["", "Targets (issue 5):", "", *targets]
-    if {"nested", "uniform4", "uniform3", "uniform2"} <= set(results):
+    seeds = sorted({int(k.partition("/seed")[2] or 0) for k in results})
+    runs = [(seed, "" if seed == 0 else f"/seed{seed}") for seed in seeds]
+    runs = [(seed, sfx) for seed, sfx in runs if all(f"{c}{sfx}" in results for c in NESTED_CASES)]
+    if runs:
         lines += ["", "Nested (one artifact stored at 4 bits, run at 4, 3 and 2 active bits) against a model trained "
-                  "for each precision alone, same steps:", "",
-                  "| active bits | nested mean cos | alone mean cos | difference | target |", "|---|---|---|---|---|"]
-        for b in (4, 3, 2):
-            n, a = results["nested"]["after"][str(b)]["mean_cos"], results[f"uniform{b}"]["after"]["stored"]["mean_cos"]
-            lines.append(f"| {b} | {n:.4f} | {a:.4f} | {n - a:+.4f} | {'met' if n >= a - 0.01 else 'NOT met'} "
-                         f"(within 0.01) |")
+                  "for each precision alone, same steps and seed (records `nested/seedN` etc. for seeds past 0):", "",
+                  "| seed | active bits | nested mean cos | alone mean cos | difference | target |",
+                  "|---|---|---|---|---|---|"]
+        for seed, sfx in runs:
+            for b in (4, 3, 2):
+                n = results[f"nested{sfx}"]["after"][str(b)]["mean_cos"]
+                a = results[f"uniform{b}{sfx}"]["after"]["stored"]["mean_cos"]
+                lines.append(f"| {seed} | {b} | {n:.4f} | {a:.4f} | {n - a:+.4f} | "
+                             f"{'met' if n >= a - 0.01 else 'NOT met'} (within 0.01) |")
     return "\n".join(lines)
 
 
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--scale-lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (data order, sampling); the start does not depend on it")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/distill.json"))
     ap.add_argument("--checkpoints", type=Path, help="keep resumable checkpoints here (one directory per case)")
     ap.add_argument("--write", type=Path, help="rewrite the distillation section of this markdown file")
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         record = run_case(name, args)
         record["command"] = command
-        results[name] = record
+        results[name if args.seed == 0 else f"{name}/seed{args.seed}"] = record
         shown = {k: {m: round(v, 4) for m, v in s.items()} for k, s in record["after"].items()}
         print(f"{name}: {record['bits_per_weight']:.3f} bits/w, after {shown}, packed "
               f"{record['packed']['mean_cos']:.4f}, {record['train_s']:.0f} s", flush=True)

@@ -28,12 +28,12 @@ def test_distill_writes_model_and_report_and_resumes(runner: CliRunner, tmp_path
     out = tmp_path / "run"
     args = ["distill", "minilm", "--bits", "3", "--group-size", "64", "--nested", "2", "--train-bits", "3,2",
             "--calibration", "none", "--data", str(sentences), "--eval-every", "2", "--checkpoint-every", "2",
-            "--dampen", "0.5", "--out", str(out)]
+            "--dampen", "0.5", "--bit-weights", "1,1.5", "--out", str(out)]
     first = runner.invoke(app, [*args, "--steps", "2"])
     assert first.exit_code == 0, first.output
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2 and report["resumed_from"] is None
-    assert report["config"]["dampen"] == 0.5
+    assert report["config"]["dampen"] == 0.5 and report["config"]["bit_weights"] == [1.0, 1.5]
     assert set(report["quality"]) == {"post-training (start)", "distilled @3 bits", "distilled @2 bits"}
     assert report["bits_per_weight"] == pytest.approx(4.0)  # 3 bits + fp16 scale and zero per 64, two precisions
     assert [e["step"] for e in report["evaluations"]] == [0, 2]  # the start, then every 2 steps
@@ -73,3 +73,7 @@ def test_distill_errors_are_one_line(runner: CliRunner, tmp_path: Path, sentence
                           "stores precisions")
     assert_one_line_error(runner.invoke(app, ["distill", "minilm", "--train-float", "some", "--out", out]),
                           "train_float")
+    assert_one_line_error(runner.invoke(app, ["distill", "minilm", "--train-bits", "4,2", "--bit-weights", "1",
+                                              "--out", out]), "one weight per entry")
+    assert_one_line_error(runner.invoke(app, ["distill", "minilm", "--bit-weights", "1,x", "--out", out]),
+                          "comma-separated numbers")

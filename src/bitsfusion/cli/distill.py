@@ -5,7 +5,8 @@ The student is MODEL ``prepare``-d by the plan (``--plan``, or one scheme from `
 the teacher a fresh float copy. Training runs the model's ``DistillRecipe`` on ``--data`` (one unlabelled
 sentence per line; default: the bundled distillation text) for ``--steps`` steps, validating every
 ``--eval-every`` steps on held-out data and keeping the best state. ``--train-bits 4,3,2`` sums the loss over
-those precisions (nested training; the plan must store them, e.g. ``--nested 3,2``).
+those precisions (nested training; the plan must store them, e.g. ``--nested 3,2``), ``--bit-weights 1,1,1.25``
+weighs them (the MiniLM nested benchmark weighs 2 bits 1.25: docs/BENCHMARKS.md, *Distillation*).
 
 ``DIR`` receives ``checkpoint/`` (resumable: run the same command again after a kill), ``model/`` (the
 packed artifact, as ``quantize`` writes it) and ``report.json`` (configuration, quality before and after on
@@ -52,6 +53,19 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
+def parse_weights(text: str) -> tuple[float, ...]:
+    """``"1,1,1.25" -> (1.0, 1.0, 1.25)``; ``""`` -> ``()`` (equal weights); a bad value raises ``ConfigError``."""
+    if not text.strip():
+        return ()
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--bit-weights: expected comma-separated numbers such as 1,1,1.25; got {text!r}") from None
+    if any(not w >= 0.0 or w == float("inf") for w in weights):
+        raise ConfigError(f"--bit-weights: weights must be finite and >= 0; got {text!r}")
+    return weights
+
+
 def _recipe_of(spec: Any, model: str) -> Any:
     with_recipe = [n for n in model_names() if get_model_spec(n).distill is not None]
     if spec is None or spec.distill is None:
@@ -93,6 +107,8 @@ def distill_command(
                                  "oscillating codes (0: off)"),
     train_bits: str = typer.Option("", "--train-bits", callback=parse_nested,
                                    help="nested training: sum the loss over these precisions, e.g. 4,3,2"),
+    bit_weights: str = typer.Option("", "--bit-weights",
+                                    help="weights of the --train-bits losses, one each, e.g. 1,1,1.25 (default: equal)"),
     train_float: str = typer.Option("norms", "--train-float", help="other float parameters trained: none, norms, all"),
     eval_every: int = typer.Option(250, "--eval-every", min=0, help="validate every N steps (0: never)"),
     patience: int = typer.Option(0, min=0, help="stop after N validations without improvement (0: never)"),
@@ -103,7 +119,7 @@ def distill_command(
     console = Console()
     t0 = time.perf_counter()
     config = DistillConfig(steps=steps, lr=lr, scale_lr=scale_lr, feature_weight=feature_weight, dampen=dampen,
-                           bits=train_bits,
+                           bits=train_bits, bit_weights=parse_weights(bit_weights),
                            train_float=train_float, eval_every=eval_every, patience=patience,
                            checkpoint_every=checkpoint_every, seed=seed)
     with console.status(f"loading {model}"):
