@@ -4,9 +4,11 @@
 
 #include <dlfcn.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -247,35 +249,102 @@ static int worker_count(int threads, int64_t NB, double work) {
     return work < (1 << 21) ? 1 : nt;
 }
 
+// Scratch memory of linear_q8, kept by each calling thread from one call to the next. Allocated afresh as
+// separate blocks, the buffers of a 4096-row call (MiniLM at 32 x 128 tokens: ~3 MB of quantised activations)
+// were handed back to the system at every call's end (glibc trims the top of its heap once that much is free)
+// and page-faulted in again by the next: ~1.0 of a 1.5 ms call at 4096 x 384 -> 32 (0.5 ms with this block,
+// the same as with glibc's mmap and trim thresholds raised). A call that needed more than kKeepBytes frees its
+// block again at its end, so one huge call does not pin its memory.
+class ScratchArena {
+  public:
+    static constexpr size_t kKeepBytes = size_t(64) << 20;
+    // A page-aligned block of at least `bytes`, contents unspecified; throws std::bad_alloc.
+    uint8_t* get(size_t bytes) {
+        if (bytes + 4096 > cap_) {
+            mem_.reset();
+            cap_ = 0;
+            mem_.reset(new uint8_t[bytes + 4096]);
+            cap_ = bytes + 4096;
+        }
+        return (uint8_t*)(((uintptr_t)mem_.get() + 4095) & ~(uintptr_t)4095);
+    }
+    void trim() {
+        if (cap_ > kKeepBytes) {
+            mem_.reset();
+            cap_ = 0;
+        }
+    }
+
+  private:
+    std::unique_ptr<uint8_t[]> mem_;
+    size_t cap_ = 0;
+};
+
+// Offsets of the scratch arrays of one call inside its block, each page-aligned.
+struct ScratchLayout {
+    size_t total = 0;
+    size_t add(size_t bytes) {
+        const size_t off = total;
+        total += (bytes + 4095) & ~(size_t)4095;
+        return off;
+    }
+};
+
 static void linear_q8(const bf_linear_args& a, int isa, int threads) {
     const bf_isa_impl& impl = q8_impl_of(isa);
     const int64_t Q = (a.k + 31) / 32, K32 = 32 * Q, NB = (a.n + 15) / 16, NG = a.n_groups, M = a.m;
     const bool lut = a.kernel == BF_KERNEL_LUT8;
-    // Every allocation happens here, on the calling thread, so a bad_alloc surfaces as a Python MemoryError.
     // INT8 without input_scale and with K a multiple of 32 quantises x itself (prepare_q8 sees xs == NULL): the
-    // padded copy x' of a 4096 x 1536 input is 25 MB written and read twice. The large buffers are left
-    // uninitialised (every element the kernels read is written by the preparation first; xqt's padding rows
-    // past M are never read): zero-filling them cost as much as the copy.
+    // padded copy x' of a 4096 x 1536 input is 25 MB written and read twice. The large arrays (xs, xq, xqt, the
+    // INT8 tiles) are left as they are (every element the kernels read is written by the preparation first;
+    // xqt's padding rows past M are never read): zero-filling them cost as much as the copy. The small ones are
+    // zeroed, although every kernel writes them before it reads them, so that no call can see its predecessor's.
     const bool direct = !lut && !a.input_scale && a.k == K32;
-    std::unique_ptr<float[]> xs(direct ? nullptr : new float[(size_t)(M * K32)]);
-    std::vector<float> xsum(M * NG), tpar(lut ? M * NG * 2 : 0), tstat(lut ? 2 * K32 / 4 : 0);
-    std::vector<float> sx(lut ? 0 : M);
-    std::vector<uint8_t> tab8(lut ? M * 128 * Q : 0);
-    std::unique_ptr<int8_t[]> xq(lut ? nullptr : new int8_t[(size_t)(M * K32)]);
-    std::unique_ptr<int8_t[]> xqt(lut ? nullptr : new int8_t[(size_t)((M + 5) / 6 * 6 * K32)]);
-    std::vector<float> xqsum(lut ? 0 : M * NG);
-    bf_q8_scratch s{xs.get(), xsum.data(), tab8.data(), tpar.data(), tstat.data(), xq.get(), xqt.get(), sx.data(),
-                    xqsum.data(), 0};
     const double work = (double)a.n * (double)K32 * (double)M * (lut ? a.active_bits / 8.0 : 1.0);
     const int nt = worker_count(threads, NB, work);
     // The per-row preparation (x' copy, quantisation or tables) is split over the workers by rows of x when
     // there is enough of it (0.35 ms at M = 128, K = 4096 on one thread); each range gets its own view of
     // the scratch arrays (tstat, per-row reuse, one per worker).
     const int npt = (int)std::min<int64_t>(nt, (M * K32) >= (1 << 16) ? M : 1);
+    // LUT8: per-group int32 sums (portable/AVX2 paths) per worker; INT8: the codes of at most a panel of
+    // row-block pairs (AVX-512: 2P blocks of 512 Q bytes, no more than the worker's own blocks; AVX2: one block
+    // as int16, 1024 Q bytes; portable: 512 Q), not zeroed: every tile byte is unpacked before it is read.
+    size_t work_bytes;
+    if (lut) {
+        work_bytes = (size_t)8 * NG * 16 * sizeof(int32_t);
+    } else {
+        int64_t per = (NB + nt - 1) / nt;
+        per = (per + 1) / 2 * 2;  // fan_out's range with align = 2
+        const int64_t blocks = std::min<int64_t>(2 * bf_int8_panel_pairs(Q), per);
+        work_bytes = (size_t)std::max<int64_t>(1024 * Q, blocks * 512 * Q);
+    }
+    ScratchLayout L;
+    const size_t o_xs = L.add(direct ? 0 : sizeof(float) * M * K32);
+    const size_t o_xq = L.add(lut ? 0 : (size_t)(M * K32));
+    const size_t o_xqt = L.add(lut ? 0 : (size_t)((M + 5) / 6 * 6 * K32));
+    const size_t o_int8 = L.add(lut ? 0 : nt * ((work_bytes + 4095) & ~(size_t)4095));
+    const size_t zeroed = L.total;  // everything from here on starts at zero
+    const size_t o_xsum = L.add(sizeof(float) * M * NG);
+    const size_t o_tpar = L.add(lut ? sizeof(float) * M * NG * 2 : 0);
+    const size_t o_tstat = L.add(lut ? sizeof(float) * 2 * K32 / 4 : 0);
+    const size_t o_tstats = L.add(lut && npt > 1 ? sizeof(float) * npt * 2 * K32 / 4 : 0);
+    const size_t o_sx = L.add(lut ? 0 : sizeof(float) * M);
+    const size_t o_tab8 = L.add(lut ? (size_t)(M * 128 * Q) : 0);
+    const size_t o_xqsum = L.add(lut ? 0 : sizeof(float) * M * NG);
+    const size_t o_lut = L.add(lut ? nt * ((work_bytes + 4095) & ~(size_t)4095) : 0);
+    // The one allocation, on the calling thread, so a bad_alloc surfaces as a Python MemoryError.
+    static thread_local ScratchArena arena;
+    uint8_t* base = arena.get(L.total);
+    memset(base + zeroed, 0, L.total - zeroed);
+    auto at = [&](size_t off, size_t bytes) { return bytes ? base + off : nullptr; };
+    const size_t stride = (work_bytes + 4095) & ~(size_t)4095;
+    bf_q8_scratch s{(float*)at(o_xs, direct ? 0 : 1), (float*)(base + o_xsum), (uint8_t*)at(o_tab8, lut),
+                    (float*)at(o_tpar, lut), (float*)at(o_tstat, lut), (int8_t*)at(o_xq, !lut),
+                    (int8_t*)at(o_xqt, !lut), (float*)at(o_sx, !lut), (float*)at(o_xqsum, !lut), 0};
     if (npt <= 1) {
         impl.prepare_q8(&a, &s);
     } else {
-        std::vector<float> tstats(lut ? (size_t)npt * 2 * K32 / 4 : 0);
+        float* tstats = (float*)(base + o_tstats);
         fan_out(M, npt, 1, [&](int t, int64_t m0, int64_t m1) {
             bf_linear_args ar = a;
             ar.x = a.x + m0 * a.k;
@@ -286,7 +355,7 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
             if (lut) {
                 sr.tab8 = s.tab8 + m0 * 128 * Q;
                 sr.tpar = s.tpar + m0 * NG * 2;
-                sr.tstat = tstats.data() + (size_t)t * 2 * K32 / 4;
+                sr.tstat = tstats + (size_t)t * 2 * K32 / 4;
             } else {
                 sr.xq = s.xq + m0 * K32;
                 sr.xqt_m0 = m0;
@@ -296,24 +365,11 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
             impl.prepare_q8(&ar, &sr);
         });
     }
-    // LUT8: per-group int32 sums (portable/AVX2 paths), zeroed; INT8: the codes of at most a panel of row-block
-    // pairs (AVX-512: 2P blocks of 512 Q bytes, no more than the worker's own blocks; AVX2: one block as int16,
-    // 1024 Q bytes; portable: 512 Q), left uninitialised: every tile byte is unpacked before it is read. A
-    // panel-sized zero-filled buffer per worker (256 KB) cost more than a MiniLM-sized product at 16 rows.
-    std::vector<std::vector<uint64_t>> lut_buf;
-    std::vector<std::unique_ptr<uint64_t[]>> int8_buf;
-    if (lut) {
-        lut_buf.assign(nt, std::vector<uint64_t>(((size_t)8 * NG * 16 * sizeof(int32_t) + 7) / 8));
-    } else {
-        int64_t per = (NB + nt - 1) / nt;
-        per = (per + 1) / 2 * 2;  // fan_out's range with align = 2
-        const int64_t blocks = std::min<int64_t>(2 * bf_int8_panel_pairs(Q), per);
-        const size_t bytes = (size_t)std::max<int64_t>(1024 * Q, blocks * 512 * Q);
-        for (int t = 0; t < nt; ++t) int8_buf.emplace_back(new uint64_t[(bytes + 7) / 8]);
-    }
+    uint8_t* work_base = base + (lut ? o_lut : o_int8);
     fan_out(NB, nt, lut ? 1 : 2, [&](int t, int64_t b0, int64_t b1) {
-        impl.rows_q8(&a, &s, b0, b1, lut ? (void*)lut_buf[t].data() : (void*)int8_buf[t].get());
+        impl.rows_q8(&a, &s, b0, b1, work_base + (size_t)t * stride);
     });
+    arena.trim();
 }
 
 void linear(const bf_linear_args& a, int isa, int threads) {

@@ -168,3 +168,20 @@ def test_thread_count_does_not_change_results(kernel: str) -> None:
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, three)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kernel", ["lut", "int8"])
+def test_scratch_reused_across_calls_carries_nothing_over(kernel: str, isa: str) -> None:
+    """The integer kernels keep their scratch block per calling thread between calls (no page faults per call):
+    a call after a larger or differently shaped one gives exactly what it gives first in a fresh order."""
+    small = random_packed(QScheme(3, group_size=32, grid=Grid.ASYMMETRIC), 45, 203, seed=1)
+    big = random_packed(QScheme(4, group_size=64), 300, 1000, seed=2)
+    rows = 4 if kernel == "lut" else 40
+    xs, xb = torch.randn(rows, 203), torch.randn(3 * rows, 1000)
+    run = lambda x, p: native.linear(x, p, kernel=kernel, isa=isa)  # noqa: E731
+    first = run(xs, small)
+    run(xb, big)  # grows the block and fills it with other data
+    run(xs[:1], small)
+    assert torch.equal(run(xs, small), first)
+    assert torch.equal(run(xb, big), run(xb, big))
