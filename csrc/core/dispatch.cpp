@@ -280,12 +280,12 @@ class ScratchArena {
     size_t cap_ = 0;
 };
 
-// Offsets of the scratch arrays of one call inside its block, each page-aligned.
+// Offsets of the scratch arrays of one call inside its block, each on its own cache lines.
 struct ScratchLayout {
     size_t total = 0;
     size_t add(size_t bytes) {
         const size_t off = total;
-        total += (bytes + 4095) & ~(size_t)4095;
+        total += (bytes + 63) & ~(size_t)63;
         return off;
     }
 };
@@ -322,7 +322,7 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
     const size_t o_xs = L.add(direct ? 0 : sizeof(float) * M * K32);
     const size_t o_xq = L.add(lut ? 0 : (size_t)(M * K32));
     const size_t o_xqt = L.add(lut ? 0 : (size_t)((M + 5) / 6 * 6 * K32));
-    const size_t o_int8 = L.add(lut ? 0 : nt * ((work_bytes + 4095) & ~(size_t)4095));
+    const size_t o_int8 = L.add(lut ? 0 : nt * ((work_bytes + 63) & ~(size_t)63));
     const size_t zeroed = L.total;  // everything from here on starts at zero
     const size_t o_xsum = L.add(sizeof(float) * M * NG);
     const size_t o_tpar = L.add(lut ? sizeof(float) * M * NG * 2 : 0);
@@ -331,13 +331,13 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
     const size_t o_sx = L.add(lut ? 0 : sizeof(float) * M);
     const size_t o_tab8 = L.add(lut ? (size_t)(M * 128 * Q) : 0);
     const size_t o_xqsum = L.add(lut ? 0 : sizeof(float) * M * NG);
-    const size_t o_lut = L.add(lut ? nt * ((work_bytes + 4095) & ~(size_t)4095) : 0);
+    const size_t o_lut = L.add(lut ? nt * ((work_bytes + 63) & ~(size_t)63) : 0);
     // The one allocation, on the calling thread, so a bad_alloc surfaces as a Python MemoryError.
     static thread_local ScratchArena arena;
     uint8_t* base = arena.get(L.total);
     memset(base + zeroed, 0, L.total - zeroed);
     auto at = [&](size_t off, size_t bytes) { return bytes ? base + off : nullptr; };
-    const size_t stride = (work_bytes + 4095) & ~(size_t)4095;
+    const size_t stride = (work_bytes + 63) & ~(size_t)63;
     bf_q8_scratch s{(float*)at(o_xs, direct ? 0 : 1), (float*)(base + o_xsum), (uint8_t*)at(o_tab8, lut),
                     (float*)at(o_tpar, lut), (float*)at(o_tstat, lut), (int8_t*)at(o_xq, !lut),
                     (int8_t*)at(o_xqt, !lut), (float*)at(o_sx, !lut), (float*)at(o_xqsum, !lut), 0};
