@@ -6,7 +6,8 @@ Cases (each a separate training run from the post-training result; ``--cases`` p
   the sensitivity table ``--sens`` (``benchmarks/mixed.py --sens`` writes one; without it the table is
   measured here, ~7 min), GPTQ start, distilled ``--steps`` steps; ``mixed2-seq`` / ``mixed3-seq``: the same
   started from sequential GPTQ (``prepare(..., sequential=True)`` on ``--sequential-batches`` calibration
-  batches, ``nn.sequential``);
+  batches, ``nn.sequential``); ``mixed2-rot`` / ``mixed3-rot``: the allocation over ``--sens`` merged with
+  ``--sens-rot``, a table of Hadamard-rotated candidates (``QScheme.rotation``), so each layer may be rotated;
 - ``nested``: uniform 4-bit asymmetric group-64 GPTQ storing 3 and 2 bits too, trained with the loss summed
   over 4, 3 and 2 active bits (``--nested-steps``), against ``uniform4`` / ``uniform3`` / ``uniform2``:
   the same scheme without nesting, each trained ``--nested-steps`` steps at its own precision alone.
@@ -58,10 +59,12 @@ NESTED = QScheme(bits=4, group_size=64, grid="asymmetric", calibration="gptq", n
 NESTED_CASES = ("nested", "uniform4", "uniform3", "uniform2")
 
 
-def _plan_from_table(sens: Path | None, avg_bits: float, skip: tuple[str, ...]) -> BitPlan:
+def _plan_from_table(sens: Path | None, avg_bits: float, skip: tuple[str, ...], sens_rot: Path | None = None) -> BitPlan:
     if sens is None:
         raise SystemExit("the mixed cases need --sens TABLE (python benchmarks/mixed.py --sens TABLE writes one)")
     table = SensitivityTable.load(sens)
+    if sens_rot is not None:
+        table = table.merged(SensitivityTable.load(sens_rot))
     plan = allocate(table, avg_bits=avg_bits).plan()
     return plan.with_rules({rule: None for rule in skip})
 
@@ -70,8 +73,14 @@ def _case(name: str, args: argparse.Namespace, skip: tuple[str, ...]) -> tuple[B
     steps, nsteps = args.steps, args.nested_steps
     common = {"lr": args.lr, "scale_lr": args.scale_lr, "eval_every": args.eval_every, "seed": args.seed,
               "feature_weight": args.feature_weight, "dampen": args.dampen}
-    if name in ("mixed2", "mixed3", "mixed2-seq", "mixed3-seq"):
-        plan = _plan_from_table(args.sens, 2.0 if name.startswith("mixed2") else 3.0, skip)
+    if name in ("mixed2", "mixed3", "mixed2-seq", "mixed3-seq", "mixed2-rot", "mixed3-rot"):
+        rot = None
+        if name.endswith("-rot"):
+            if args.sens_rot is None:
+                raise SystemExit(f"{name} needs --sens-rot TABLE (python benchmarks/mixed.py --rotations 128 "
+                                 "--table-only --sens TABLE writes one)")
+            rot = args.sens_rot
+        plan = _plan_from_table(args.sens, 2.0 if name.startswith("mixed2") else 3.0, skip, rot)
         return plan, DistillConfig(steps=steps, **common), ()
     if name == "nested":
         plan = BitPlan(default=NESTED, rules={rule: None for rule in skip})
@@ -80,8 +89,8 @@ def _case(name: str, args: argparse.Namespace, skip: tuple[str, ...]) -> tuple[B
     if name.startswith("uniform") and int(name[-1]) in UNIFORM:
         plan = BitPlan(default=UNIFORM[int(name[-1])], rules={rule: None for rule in skip})
         return plan, DistillConfig(steps=nsteps, **common), ()
-    raise SystemExit(f"unknown case {name!r}; cases: mixed2, mixed3, mixed2-seq, mixed3-seq, nested, uniform4, "
-                     "uniform3, uniform2")
+    raise SystemExit(f"unknown case {name!r}; cases: mixed2, mixed3, mixed2-seq, mixed3-seq, mixed2-rot, mixed3-rot, "
+                     "nested, uniform4, uniform3, uniform2")
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -171,7 +180,7 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
                               + (f", dampen {cfg['dampen']:g}" if cfg.get("dampen") else "")))
         lines.append(_row(f"{name} distilled, packed", bpw, r["packed"], f"recorded {r['date']}"))
     targets = []
-    for name in ("mixed2", "mixed2-seq"):
+    for name in ("mixed2", "mixed2-seq", "mixed2-rot"):
         if name not in results:
             continue
         r = results[name]
@@ -179,7 +188,7 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
         ok = a["mean_cos"] >= 0.95 and a["top10_overlap"] >= 0.80 and r["bits_per_weight"] <= 2.0 and minutes <= 30
         targets.append(f"- <= 2.0 bits ({name}): mean cosine >= 0.95 and top-10 >= 0.80 in <= 30 min of training: "
                        f"{'met' if ok else 'NOT met'} ({a['mean_cos']:.4f}, {a['top10_overlap']:.3f}, {minutes:.1f} min)")
-    for name in ("mixed3", "mixed3-seq"):
+    for name in ("mixed3", "mixed3-seq", "mixed3-rot"):
         if name not in results:
             continue
         r = results[name]
@@ -210,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="mixed2,mixed3,nested,uniform4,uniform3,uniform2")
     ap.add_argument("--sens", type=Path, help="sensitivity table for the mixed cases (benchmarks/mixed.py --sens)")
+    ap.add_argument("--sens-rot", type=Path,
+                    help="the -rot cases: a table of rotated candidates merged with --sens (benchmarks/mixed.py "
+                         "--rotations 128 --table-only --sens TABLE)")
     ap.add_argument("--steps", type=int, default=4000, help="steps of the mixed cases")
     ap.add_argument("--nested-steps", type=int, default=1000, help="steps of the nested and uniform cases")
     ap.add_argument("--sequential-batches", type=int, default=128,

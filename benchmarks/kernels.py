@@ -185,6 +185,13 @@ def minilm_rows(args: argparse.Namespace) -> list[dict]:
     print(f"MiniLM: quantized the encoder's Linear layers to 4 bits (2 nested) in {time.perf_counter() - t0:.1f} s")
     fused = copy.deepcopy(ours)
     print(f"MiniLM: GELU fused into {len(fuse_activations_(fused))} feed-forward layers")
+    rotated = copy.deepcopy(fp32)  # the same scheme with the inputs rotated (QScheme.rotation): the rotation's cost
+    quantize_(rotated, BitPlan(rules={r"re:encoder\.layer\.\d+\..*": QScheme(4, group_size=64, nested=(2,),
+                                                                             rotation=128)}), progress=False)
+    fuse_activations_(rotated)
+    channel = copy.deepcopy(fp32)  # one scale per output channel, as fbgemm's int8 weights: no per-group epilogue
+    quantize_(channel, BitPlan(rules={r"re:encoder\.layer\.\d+\..*": QScheme(4, group_size=None)}), progress=False)
+    fuse_activations_(channel)
     out = []
     for batch, tokens in ((1, 16), (32, 128)):
         g = torch.Generator().manual_seed(0)
@@ -193,7 +200,8 @@ def minilm_rows(args: argparse.Namespace) -> list[dict]:
                   "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
         reps = args.repeats * (40 if batch == 1 else 3)
         models = (("fp32", fp32, None), ("torch dynamic int8", dyn, None), ("ours 4-bit, GELU apart", ours, 4),
-                  ("ours 4-bit", fused, 4), ("ours 2-bit (nested)", fused, 2))
+                  ("ours 4-bit", fused, 4), ("ours 2-bit (nested)", fused, 2),
+                  ("ours 4-bit, rotated 128", rotated, 4), ("ours 4-bit per channel", channel, 4))
         # Interleaved, one call of each model per round, so a noisy stretch of the machine hits all of them.
         times: dict[str, list[float]] = {label: [] for label, _, _ in models}
         with torch.inference_mode():
@@ -249,6 +257,32 @@ def group_rows(args: argparse.Namespace, n: int = 4096, k: int = 4096, m: int = 
         out.append({"group": label, "t": t, "min": min(v), "spread": (max(v) - min(v)) / t, "x_int8": ratio})
         print(f"{n}x{k} M={m} {bits}-bit int8 GEMM {label:12s} {t * 1e3:7.3f} ms (min {min(v) * 1e3:.3f}, spread "
               f"{(max(v) - min(v)) / t:4.0%})  x fbgemm {ratio:5.2f}", flush=True)
+    return out
+
+
+ROTATION_SHAPES = ((1, 384), (128, 384), (4096, 384), (4096, 1536))
+
+
+def rotation_rows(args: argparse.Namespace, block: int = 128) -> list[dict]:
+    """The Hadamard rotation a rotated scheme applies to each layer's input (``QScheme.rotation``): the native
+    kernel (``kernels.native.rotate``, into a new tensor) against the torch form (``quant.rotation.rotate``, a
+    block matrix product) and a plain copy of ``x`` (``clone``: its memory traffic), interleaved."""
+    from bitsfusion.kernels import native
+    from bitsfusion.quant.rotation import rotate
+
+    out = []
+    for m, k in ROTATION_SHAPES:
+        xs = [torch.randn(m, k) for _ in range(copies_for(m * k * 4, args.rotate_mb))]
+        calls: dict[str, list[Callable[[], object]]] = {
+            "native": [lambda x=x: native.rotate(x, block) for x in xs],
+            "torch": [lambda x=x: rotate(x, block) for x in xs],
+            "copy": [lambda x=x: x.clone() for x in xs]}
+        passes = interleaved(calls, args.repeats * (20 if m * k < 1 << 16 else 3))
+        t = {label: statistics.median(v) for label, v in passes.items()}
+        out.append({"shape": f"{m} x {k}", "native": t["native"], "torch": t["torch"], "copy": t["copy"],
+                    "spread": (max(passes["native"]) - min(passes["native"])) / t["native"]})
+        print(f"rotation {m:4d} x {k:4d} (block {block}): native {t['native'] * 1e3:7.3f} ms, torch "
+              f"{t['torch'] * 1e3:7.3f} ms, copy {t['copy'] * 1e3:7.3f} ms", flush=True)
     return out
 
 
@@ -312,7 +346,7 @@ def cell(v: float | None, scale: float = 1e3, fmt: str = "{:.3f}") -> str:
 
 
 def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups: list[dict] | None = None,
-             gemv: list[dict] | None = None) -> str:
+             gemv: list[dict] | None = None, rotation: list[dict] | None = None) -> str:
     lines = [f"Command: `{header['command']}`  ", f"Machine: {header['machine']}  ",
              f"Date: {header['date']}; whole run {header['minutes']} min; **{header['threads']} threads** (ours and "
              f"torch's); 1-minute load average {header['load']}. Spread: (max - min) / median of "
@@ -351,13 +385,26 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
         lines += ["", "MiniLM (all-MiniLM-L6-v2) end to end, sentence embeddings (`zoo.minilm.run`), ms per batch; "
                   "ours: the 36 encoder Linear layers at 4 bits (group 64), 2 bits nested in the same weights, "
                   "with the feed-forward GELU fused into the up-projection's kernel (`nn.fuse_activations_`; "
-                  "'GELU apart': the same weights with the model's own `F.gelu` after the layer); the "
+                  "'GELU apart': the same weights with the model's own `F.gelu` after the layer; 'rotated 128': "
+                  "the same scheme with every layer's input rotated, `QScheme(rotation=128)`, the cost of the native "
+                  "Hadamard transform of the activations; 'per channel': 4-bit codes with one scale per output "
+                  "channel (4 bits and a float16 scale per row of 384 or 1536), as fbgemm's int8 weights have, so no "
+                  "per-group terms); the "
                   "models timed interleaved, one call each per round (median, minimum, spread = interquartile "
                   "range / median; `x dyn int8`: the median over rounds of dynamic int8's time over the model's in "
                   "the same round, > 1: faster than dynamic int8):", "",
                   "| batch x tokens | model | ms | min ms | spread | x dyn int8 |", "|---|---|---:|---:|---:|---:|"]
         lines += [f"| {r['batch']} | {r['model']} | {cell(r['t'], fmt='{:.2f}')} | {cell(r['min'], fmt='{:.2f}')} | "
                   f"{r['spread']:.0%} | {r['x_int8']:.2f} |" for r in mini]
+    if rotation:
+        lines += ["", "The input rotation of a rotated scheme (`QScheme(rotation=128)`: each 128 floats of a row through a "
+                  "randomised Hadamard transform before the layer's kernel), into a new tensor: the native kernel "
+                  "(`kernels.native.rotate`, butterflies in AVX-512 registers), the torch form (`quant.rotation.rotate`, "
+                  "a block matrix product, what training and the reference use) and a plain copy of `x`, interleaved "
+                  "(median; spread of the native one):", "",
+                  "| x (M x K) | native ms | torch ms | copy ms | spread |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['shape']} | {cell(r['native'], fmt='{:.3f}')} | {cell(r['torch'], fmt='{:.3f}')} | "
+                  f"{cell(r['copy'], fmt='{:.3f}')} | {r['spread']:.0%} |" for r in rotation]
     return "\n".join(lines)
 
 
@@ -414,6 +461,7 @@ def main() -> None:
     gemv = gemv_rows(args, bw) if args.groups else []
     groups = group_rows(args) if args.groups else []
     mini = minilm_rows(args) if args.minilm else []
+    rot = rotation_rows(args) if args.groups else []
     if args.write is not None:
         argv = " ".join(a for a in __import__("sys").argv[1:])
         header = {"command": f"python benchmarks/kernels.py {argv}".strip(), "machine": machine(bw),
@@ -421,7 +469,7 @@ def main() -> None:
                   "minutes": f"{(time.perf_counter() - start) / 60:.1f}", "repeats": str(args.repeats),
                   "threads": str(torch.get_num_threads()),
                   "load": f"{load_start:.2f} before the run, {os.getloadavg()[0]:.2f} after it (this run included)"}
-        write_section(args.write, markdown(rows, mini, header, groups, gemv))
+        write_section(args.write, markdown(rows, mini, header, groups, gemv, rot))
         print(f"wrote the kernels section of {args.write}")
 
 

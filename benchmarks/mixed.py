@@ -37,6 +37,7 @@ Usage::
     python benchmarks/mixed.py --write docs/BENCHMARKS.md       # rewrite the mixed-precision section
     python benchmarks/mixed.py --smoke                          # 2 layers' worth of candidates (seconds)
     python benchmarks/mixed.py --refine --sequential-batches 128 --write docs/BENCHMARKS.md   # as documented
+    python benchmarks/mixed.py --rotations 128 --table-only --sens rot.json   # the rotated candidates alone
 """
 
 from __future__ import annotations
@@ -193,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits", default="1,2,3,4,5,6,8", help="candidate bit widths")
     ap.add_argument("--group-sizes", default="64,128,0", help="candidate group sizes (0 = per channel)")
     ap.add_argument("--calibrations", default="gptq", help="candidate quantizers, e.g. none,gptq")
+    ap.add_argument("--rotations", default="0", help="candidate Hadamard rotations, e.g. 0,128 (0 = none)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="stop after measuring the sensitivity table (--sens); e.g. to add candidates in a second "
+                         "table that SensitivityTable.merged combines")
     ap.add_argument("--budgets", default="4,3,2.5,2,1.75", help="average stored bits per weight")
     ap.add_argument("--uniform", default="8,4,3,2", help="uniform bit widths for the comparison rows")
     ap.add_argument("--batches", type=int, default=8, help="calibration batches each cell's loss is measured on")
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     loss_batches, h_batches = spec.calibration(args.batches), spec.calibration(args.hessian_batches)
     candidates = default_candidates(_ints(args.bits), grid="asymmetric", method="als",
                                     group_sizes=[g or None for g in _ints(args.group_sizes)],
-                                    calibrations=[c for c in args.calibrations.split(",") if c])
+                                    calibrations=[c for c in args.calibrations.split(",") if c],
+                                    rotations=_ints(args.rotations))
     t0 = time.perf_counter()
     table = measure_sensitivity(reference, loss_batches, candidates, run=spec.run, loss="mse",
                                 include=lambda n, _: n.startswith("encoder.layer."), path=args.sens,
@@ -232,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"proxy rank correlation with the cells (Spearman): "
                 + (", ".join(f"{k} {v:.3f}" for k, v in rho.items()) or "-") + ".")
     print(analysis, file=sys.stderr, flush=True)
+    if args.table_only:
+        return 0
     names = list(table.layers)
     probe = OutputProbe(reference, loss_batches, names, run=spec.run, loss=resolve_loss("mse")[1],
                         hessian_batches=h_batches)

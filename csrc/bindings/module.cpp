@@ -87,6 +87,18 @@ static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int 
     bf::linear(a, isa, threads);
 }
 
+// The rotation of bitsfusion/quant/rotation.py, in place on raw addresses (checked by kernels/native.py: float32,
+// contiguous [m, k], 4-byte aligned; signs float32 [k // block * block]).
+static void hadamard_raw(uintptr_t x, int64_t m, int64_t k, int64_t block, uintptr_t signs, bool inverse, int isa,
+                         int threads) {
+    if (!x || !signs) throw std::invalid_argument("bitsfusion._C.hadamard_raw: null address");
+    if (m < 0 || k < 1) throw std::invalid_argument("bitsfusion._C.hadamard_raw: bad sizes");
+    if (isa < 0 || isa >= BF_ISA_COUNT || !bf::isa_supported(isa))
+        throw std::invalid_argument("bitsfusion._C.hadamard_raw: this ISA path does not run on this CPU");
+    nb::gil_scoped_release release;
+    bf::hadamard((float*)x, m, k, block, (const float*)signs, inverse, isa, threads);
+}
+
 NB_MODULE(_C, mod) {
     mod.doc() = "BitsFusion native low-bit CPU kernels (bit-serial LUT GEMV: int8 or fp32 tables; int8-activation and dequantised-tile GEMM)";
     mod.def("linear", &linear, nb::arg("x"), nb::arg("planes"), nb::arg("scales"), nb::arg("szs"),
@@ -97,6 +109,8 @@ NB_MODULE(_C, mod) {
             nb::arg("y"), nb::arg("n"), nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"),
             nb::arg("isa"), nb::arg("threads"), nb::arg("scales_h") = 0, nb::arg("zeros_h") = 0,
             nb::arg("act") = 0, nb::arg("zero_h") = 0.0f);
+    mod.def("hadamard_raw", &hadamard_raw, nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("block"),
+            nb::arg("signs"), nb::arg("inverse"), nb::arg("isa"), nb::arg("threads"));
     mod.def("isa_supported", &bf::isa_supported, nb::arg("isa"));
     mod.def("best_isa", &bf::best_isa);
     mod.def("isa_name", [](int isa) { return std::string(bf::isa_name(isa)); }, nb::arg("isa"));

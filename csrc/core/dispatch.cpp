@@ -2,12 +2,17 @@
 // Compiled for baseline x86-64 (or whatever the target's default is): no ISA-specific code here.
 #include "dispatch.h"
 
+#if defined(BF_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
+
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <atomic>
 #include <chrono>
@@ -384,6 +389,147 @@ void linear(const bf_linear_args& a, int isa, int threads) {
     fan_out(NB, nt, 1, [&](int t, int64_t b0, int64_t b1) {
         impl.rows(&a, xs.data(), xsum.data(), tables.data(), b0, b1, tiles[t].data());
     });
+}
+
+// ---- the randomised block Hadamard rotation of x (bitsfusion/quant/rotation.py) ----------------------------
+// Each block of B consecutive floats of a row (the tail past the last whole block untouched) becomes
+// H_B (s * v) / sqrt(B) (forward) or s * (H_B v) / sqrt(B) (inverse), in place: log2(B) butterfly stages. The
+// AVX-512 path does the four stages inside a 16-float vector with lane permutes and masked subtracts, and the
+// later ones between whole vectors; the portable path is plain loops (vectorised by the compiler where the
+// stride allows, compiled for AVX2 by a target attribute). Rows are split over the workers.
+namespace {
+
+inline void butterfly(float* __restrict a, float* __restrict b, int64_t h) {
+    for (int64_t j = 0; j < h; ++j) {
+        const float p = a[j], q = b[j];
+        a[j] = p + q;
+        b[j] = p - q;
+    }
+}
+
+#define BF_HADAMARD_PORTABLE                                                                                 \
+    const int64_t nb = k / B;                                                                                \
+    const float c = 1.0f / std::sqrt((float)B);                                                              \
+    for (int64_t r = r0; r < r1; ++r) {                                                                      \
+        for (int64_t blk = 0; blk < nb; ++blk) {                                                             \
+            float* v = x + r * k + blk * B;                                                                  \
+            const float* sg = s + blk * B;                                                                   \
+            if (!inverse)                                                                                    \
+                for (int64_t i = 0; i < B; ++i) v[i] *= sg[i];                                               \
+            for (int64_t h = 1; h < B; h <<= 1)                                                              \
+                for (int64_t i = 0; i < B; i += 2 * h) butterfly(v + i, v + i + h, h);                       \
+            if (inverse)                                                                                     \
+                for (int64_t i = 0; i < B; ++i) v[i] *= c * sg[i];                                           \
+            else                                                                                             \
+                for (int64_t i = 0; i < B; ++i) v[i] *= c;                                                   \
+        }                                                                                                    \
+    }
+
+void hadamard_rows_portable(float* x, int64_t r0, int64_t r1, int64_t k, int64_t B, const float* s,
+                            bool inverse) {
+    BF_HADAMARD_PORTABLE
+}
+#if defined(BF_X86) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2,fma"))) void hadamard_rows_avx2(float* x, int64_t r0, int64_t r1, int64_t k,
+                                                            int64_t B, const float* s, bool inverse) {
+    BF_HADAMARD_PORTABLE
+}
+
+// One 16-float vector through the stages h = 1, 2, 4, 8: v[j] += v[j^h] where bit h of j is 0, else
+// v[j] = v[j^h] - v[j].
+__attribute__((target("avx512f"))) inline __m512 wht16(__m512 v) {
+    __m512 p = _mm512_permute_ps(v, 0xB1);  // h = 1: swap neighbours
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xAAAA, p, v);
+    p = _mm512_permute_ps(v, 0x4E);  // h = 2: swap pairs
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xCCCC, p, v);
+    p = _mm512_shuffle_f32x4(v, v, 0xB1);  // h = 4: swap 128-bit lanes
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xF0F0, p, v);
+    p = _mm512_shuffle_f32x4(v, v, 0x4E);  // h = 8: swap 256-bit halves
+    return _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xFF00, p, v);
+}
+
+// A block of V vectors (B = 16 V <= 256) held in registers from load to store.
+template <int V>
+__attribute__((target("avx512f"))) inline void wht_block_regs(float* v, const float* sg, __m512 c, bool inverse) {
+    __m512 r[V];
+    for (int i = 0; i < V; ++i) {
+        __m512 t = _mm512_loadu_ps(v + 16 * i);
+        if (!inverse) t = _mm512_mul_ps(t, _mm512_loadu_ps(sg + 16 * i));
+        r[i] = wht16(t);
+    }
+    for (int h = 1; h < V; h <<= 1)
+        for (int i = 0; i < V; i += 2 * h)
+            for (int j = i; j < i + h; ++j) {
+                const __m512 p = r[j], q = r[j + h];
+                r[j] = _mm512_add_ps(p, q);
+                r[j + h] = _mm512_sub_ps(p, q);
+            }
+    for (int i = 0; i < V; ++i) {
+        __m512 t = _mm512_mul_ps(r[i], c);
+        if (inverse) t = _mm512_mul_ps(t, _mm512_loadu_ps(sg + 16 * i));
+        _mm512_storeu_ps(v + 16 * i, t);
+    }
+}
+
+__attribute__((target("avx512f,avx2,fma"))) void hadamard_rows_avx512(float* x, int64_t r0, int64_t r1, int64_t k,
+                                                                      int64_t B, const float* s, bool inverse) {
+    if (B < 16) {
+        BF_HADAMARD_PORTABLE
+        return;
+    }
+    const int64_t nb = k / B;
+    const __m512 c = _mm512_set1_ps(1.0f / std::sqrt((float)B));
+    for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            float* v = x + r * k + blk * B;
+            const float* sg = s + blk * B;
+            switch (B) {
+                case 16: wht_block_regs<1>(v, sg, c, inverse); continue;
+                case 32: wht_block_regs<2>(v, sg, c, inverse); continue;
+                case 64: wht_block_regs<4>(v, sg, c, inverse); continue;
+                case 128: wht_block_regs<8>(v, sg, c, inverse); continue;
+                case 256: wht_block_regs<16>(v, sg, c, inverse); continue;
+                default: break;
+            }
+            for (int64_t i = 0; i < B; i += 16) {
+                __m512 t = _mm512_loadu_ps(v + i);
+                if (!inverse) t = _mm512_mul_ps(t, _mm512_loadu_ps(sg + i));
+                _mm512_storeu_ps(v + i, wht16(t));
+            }
+            for (int64_t h = 16; h < B; h <<= 1)
+                for (int64_t i = 0; i < B; i += 2 * h)
+                    for (int64_t j = i; j < i + h; j += 16) {
+                        const __m512 p = _mm512_loadu_ps(v + j), q = _mm512_loadu_ps(v + j + h);
+                        _mm512_storeu_ps(v + j, _mm512_add_ps(p, q));
+                        _mm512_storeu_ps(v + j + h, _mm512_sub_ps(p, q));
+                    }
+            for (int64_t i = 0; i < B; i += 16) {
+                __m512 t = _mm512_mul_ps(_mm512_loadu_ps(v + i), c);
+                if (inverse) t = _mm512_mul_ps(t, _mm512_loadu_ps(sg + i));
+                _mm512_storeu_ps(v + i, t);
+            }
+        }
+    }
+}
+#endif
+#undef BF_HADAMARD_PORTABLE
+
+}  // namespace
+
+void hadamard(float* x, int64_t m, int64_t k, int64_t block, const float* signs, bool inverse, int isa,
+              int threads) {
+    if (!isa_supported(isa)) throw std::invalid_argument("ISA path " + std::to_string(isa) + " does not run here");
+    if (block < 2 || block > 4096 || (block & (block - 1)) || k < 1 || m < 0)
+        throw std::invalid_argument("hadamard: block must be a power of two in 2..4096, k >= 1, m >= 0");
+    auto rows = hadamard_rows_portable;
+#if defined(BF_X86) && (defined(__GNUC__) || defined(__clang__))
+    if (isa == BF_ISA_AVX512) rows = hadamard_rows_avx512;
+    else if (isa == BF_ISA_AVX2) rows = hadamard_rows_avx2;
+#endif
+    if (m == 0 || k < block) return;
+    const double work = (double)m * (double)k * 8.0;
+    const int nt = worker_count(threads, m, work);
+    fan_out(m, nt, 1, [&](int, int64_t r0, int64_t r1) { rows(x, r0, r1, k, block, signs, inverse); });
 }
 
 }  // namespace bf

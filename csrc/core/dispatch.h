@@ -16,5 +16,9 @@ const char* isa_name(int isa);
 // Runs y = linear(x) on `threads` workers (the calling thread is one of them). Throws std::invalid_argument
 // for an ISA path that does not run here. Arguments are trusted: bitsfusion/kernels/native.py checks them.
 void linear(const bf_linear_args& a, int isa, int threads);
+// In place on x [m, k] (row-major float32): every whole block of `block` floats of a row (a power of two, 2..4096)
+// becomes H (s * v) / sqrt(block), or s * (H v) / sqrt(block) when `inverse`; signs s is [k / block * block].
+// The tail past the last whole block is left as it is. Throws std::invalid_argument for bad sizes or ISA.
+void hadamard(float* x, int64_t m, int64_t k, int64_t block, const float* signs, bool inverse, int isa, int threads);
 
 }  // namespace bf

@@ -27,11 +27,23 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Grid", "ScaleMethod", "Calibration", "QScheme", "MIN_BITS", "MAX_BITS", "MAX_BALANCED_BITS"]
+__all__ = ["Grid", "ScaleMethod", "Calibration", "QScheme", "MIN_BITS", "MAX_BITS", "MAX_BALANCED_BITS",
+           "MAX_ROTATION", "check_rotation"]
 
 MIN_BITS = 1
 MAX_BITS = 8
 MAX_BALANCED_BITS = 7
+MAX_ROTATION = 4096
+"""The largest Hadamard block ``QScheme.rotation`` accepts."""
+
+
+def check_rotation(rotation: object) -> int:
+    """``rotation`` as an int when it is 0 (none) or a power of two in ``2 .. MAX_ROTATION``, else ``ConfigError``."""
+    if isinstance(rotation, bool) or not isinstance(rotation, int) or rotation < 0 or rotation > MAX_ROTATION \
+            or rotation == 1 or rotation & (rotation - 1):
+        raise ConfigError(f"QScheme.rotation must be 0 (none) or a power of two in 2..{MAX_ROTATION} (the Hadamard "
+                          f"block size along K, e.g. 128), got {rotation!r}")
+    return rotation
 
 
 class Grid(str, Enum):
@@ -121,6 +133,9 @@ class QScheme:
             each costs one extra scale (and, for the asymmetric grid, zero) per group. Not allowed
             with the balanced grid, whose codes do not nest.
         calibration: an output-aware quantizer that uses the layer's calibration inputs (see ``Calibration``).
+        rotation: 0, or the block size ``B`` (a power of two) of the randomised Hadamard rotation of the
+            layer's input space: ``W R^T`` is quantized and stored, and the input is rotated at run time
+            (``quant.rotation``). Not combined with AWQ, which transforms the input space too.
     """
 
     bits: int
@@ -129,6 +144,7 @@ class QScheme:
     method: ScaleMethod = ScaleMethod.ALS
     nested: tuple[int, ...] = field(default=())
     calibration: Calibration = Calibration.NONE
+    rotation: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
@@ -170,6 +186,10 @@ class QScheme:
             if not MIN_BITS <= b < self.bits:
                 raise ConfigError(f"QScheme.nested precisions must be in 1..{self.bits - 1}, got {b}")
         object.__setattr__(self, "nested", nested)
+        check_rotation(self.rotation)
+        if self.rotation and self.calibration.scales_inputs:
+            raise ConfigError(f"QScheme.rotation={self.rotation} does not combine with {self.calibration.value} "
+                              "calibration (both transform the input space); use rotation=0 or calibration='gptq'")
 
     @property
     def levels(self) -> int:
@@ -203,8 +223,9 @@ class QScheme:
         return QScheme(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return {
+        """Plain JSON-able dict; ``rotation`` only when set, so an unrotated scheme reads as it did before
+        rotations existed (and an older reader refuses a rotated one by its unknown key, never misreads it)."""
+        d: dict[str, Any] = {
             "bits": self.bits,
             "group_size": self.group_size,
             "grid": self.grid.value,
@@ -212,13 +233,16 @@ class QScheme:
             "nested": list(self.nested),
             "calibration": self.calibration.value,
         }
+        if self.rotation:
+            d["rotation"] = self.rotation
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "QScheme":
         """Inverse of ``to_dict``; unknown or missing keys raise ``ConfigError``."""
         if not isinstance(d, dict):
             raise ConfigError(f"a scheme must be a JSON object, got {type(d).__name__}")
-        known = {"bits", "group_size", "grid", "method", "nested", "calibration"}
+        known = {"bits", "group_size", "grid", "method", "nested", "calibration", "rotation"}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown scheme keys {sorted(unknown)}; allowed: {sorted(known)}")
@@ -234,10 +258,12 @@ class QScheme:
             method=d.get("method", ScaleMethod.ALS),
             nested=tuple(nested),
             calibration=d.get("calibration", Calibration.NONE),
+            rotation=d.get("rotation", 0),
         )
 
     def __str__(self) -> str:
         g = "ch" if self.group_size is None else f"g{self.group_size}"
         n = f"+{','.join(map(str, self.nested))}" if self.nested else ""
         c = "" if self.calibration is Calibration.NONE else f"/{self.calibration.value}"
-        return f"{self.grid.value[:4]}{self.bits}{n}/{g}/{self.method.value}{c}"
+        r = f"/rot{self.rotation}" if self.rotation else ""
+        return f"{self.grid.value[:4]}{self.bits}{n}/{g}/{self.method.value}{c}{r}"

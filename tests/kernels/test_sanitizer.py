@@ -5,7 +5,8 @@ only the first run compiles: ~30-60 s on two shared cores). This process (with t
 weights, inputs and the reference outputs to an ``.npz``; a child process with the ASan runtime preloaded
 and *without* torch (whose own allocator hooks would drown the report) calls the sanitized module on every
 ISA path, every kernel (lut32, dequant, lut8, int8; through the checked ``linear`` and the raw-address
-``linear_raw`` that ``native.py`` uses) and 1 and 2 threads, and checks the results: 1e-4 of max |y| for
+``linear_raw`` that ``native.py`` uses; the Hadamard rotation ``hadamard_raw`` forward and inverse) and 1 and 2
+threads, and checks the results: 1e-4 of max |y| for
 the fp32 kernels, 3e-2 for the int8 ones (table / activation rounding, bounded in test_native.py). Any heap overflow, use after free or
 undefined behaviour aborts the child and fails the test with the sanitizer's report.
 """
@@ -27,6 +28,7 @@ from bitsfusion.kernels import reference
 from bitsfusion.kernels.repack import kernel_weight
 from bitsfusion.types import QScheme
 from bitsfusion.quant.codes import QuantizedWeight
+from bitsfusion.quant.rotation import rotate, signs
 from tests.kernels.native_helpers import random_packed
 
 AWQ = "input_scale" in QuantizedWeight.__dataclass_fields__  # cover the activation scaling when it exists
@@ -73,6 +75,15 @@ CHILD = textwrap.dedent("""
                                       ref.shape[1], int(g("active")), int(g("group_kb")), kernel, isa, threads,
                                       sh.ctypes.data, zh.ctypes.data if zh.size else 0, 0, float(g("zero_h")))
                         assert np.array_equal(y, y2), ("float16 scales", isa, c, threads)
+        for c in range(int(cases["had_count"])):  # the Hadamard rotation, in place, forward and inverse
+            g = lambda name: cases[f"had{c}_{name}"]
+            x, sg, block = g("x"), g("signs"), int(g("block"))
+            for inverse, ref in ((False, g("ref")), (True, g("x"))):
+                for threads in (1, 2):
+                    y = (x if not inverse else g("ref")).copy()
+                    _C.hadamard_raw(y.ctypes.data, y.shape[0], y.shape[1], block, sg.ctypes.data, inverse, isa,
+                                    threads)
+                    assert np.abs(y - ref).max() <= 1e-5 * (np.abs(ref).max() + 1), (isa, c, inverse, threads)
     print("sanitized kernels ok")
 """)
 
@@ -126,6 +137,13 @@ def _cases(path: Path) -> None:
         for name, t in zip(("scales_h", "zeros_h"), halves if halves is not None else (None, None)):
             arrays[f"{c}_{name}"] = np.empty(0, np.uint16) if t is None else t.contiguous().view(torch.int16).numpy()
         arrays[f"{c}_zero_h"] = np.array(kw.pointers(packed, active)[4], np.float32)
+    rotations = [(3, 77, 32), (6, 256, 128), (1, 40, 64), (5, 33, 2), (2, 4096, 4096)]  # tails, k < block, sizes
+    arrays["had_count"] = np.array(len(rotations))
+    for c, (m, k, block) in enumerate(rotations):
+        x = torch.randn(m, k)
+        arrays[f"had{c}_x"], arrays[f"had{c}_ref"] = x.numpy(), rotate(x, block).numpy()
+        arrays[f"had{c}_signs"] = signs(max(k // block * block, 1)).numpy()
+        arrays[f"had{c}_block"] = np.array(block)
     np.savez(path, **arrays)
 
 

@@ -106,13 +106,16 @@ def default_candidates(
     group_size: int | None = 64,
     group_sizes: Sequence[int | None] | None = None,
     calibrations: Sequence[Calibration | str] = (Calibration.NONE,),
+    rotations: Sequence[int] = (0,),
 ) -> list[QScheme]:
-    """One scheme per (calibration, group size, bits); on the balanced grid bits above 7 become 7.
+    """One scheme per (rotation, calibration, group size, bits); on the balanced grid bits above 7 become 7.
 
     ``group_sizes`` (e.g. ``(64, 128, None)``, None = per channel) lets group sizes compete: a larger
     group costs fewer bits of float16 scales and zeros (asymmetric 2-bit: 2.50 stored bits per weight
     at 64, 2.25 at 128, ~2.05 per channel), so the allocator can spend those bits where they matter.
-    When given it replaces ``group_size``.
+    When given it replaces ``group_size``. ``rotations`` (e.g. ``(0, 128)``) adds the rotated schemes
+    (``QScheme.rotation``, the Hadamard block): rotation helps some layers and hurts others, so the table
+    measures both and the allocator picks per layer.
     """
     grid = Grid(grid)
     if grid is Grid.BALANCED:
@@ -120,11 +123,16 @@ def default_candidates(
     groups = list(dict.fromkeys(group_sizes)) if group_sizes is not None else [group_size]
     if not groups:
         raise ConfigError("default_candidates: group_sizes is empty; give at least one (None = per channel)")
+    rots = list(dict.fromkeys(rotations))
+    if not rots:
+        raise ConfigError("default_candidates: rotations is empty; give at least one (0 = no rotation)")
     out: list[QScheme] = []
-    for cal in calibrations:
-        for g in groups:
-            for b in sorted(set(bits)):
-                out.append(QScheme(bits=b, group_size=g, grid=grid, method=method, calibration=cal))
+    for rot in rots:
+        for cal in calibrations:
+            for g in groups:
+                for b in sorted(set(bits)):
+                    out.append(QScheme(bits=b, group_size=g, grid=grid, method=method, calibration=cal,
+                                       rotation=rot))
     return out
 
 

@@ -21,14 +21,15 @@ from rich.table import Table
 from ..analysis import SensitivityTable, default_candidates, measure_sensitivity, scheme_key
 from ..errors import ConfigError
 from ..plan import BitPlan
-from ..types import Calibration, Grid, QScheme, ScaleMethod
+from ..types import Calibration, Grid, QScheme, ScaleMethod, check_rotation
 from ..zoo.registry import ModelSpec
 from ..zoo.resolve import generic_spec, resolve_model
 
 HESSIAN_BATCHES = 32
 """Calibration batches for input Hessians by default (MiniLM: all 512 calibration sentences)."""
 
-__all__ = ["analyze_command", "run_analysis", "parse_bits", "parse_group_sizes", "parse_calibrations", "sensitivity_table"]
+__all__ = ["analyze_command", "run_analysis", "parse_bits", "parse_group_sizes", "parse_calibrations",
+           "parse_rotations", "sensitivity_table"]
 
 
 def parse_bits(text: str) -> tuple[int, ...]:
@@ -60,6 +61,22 @@ def parse_calibrations(text: str) -> tuple[Calibration, ...]:
     except ValueError:
         allowed = ", ".join(c.value for c in Calibration)
         raise typer.BadParameter(f"calibrations must be among {allowed}; got {text!r}") from None
+
+
+def parse_rotations(text: str) -> tuple[int, ...]:
+    """``"0,128" -> (0, 128)`` (Hadamard blocks, 0 = none); a usage error for anything else."""
+    try:
+        rots = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated rotations such as 0,128; got {text!r}") from None
+    if not rots:
+        raise typer.BadParameter("give at least one rotation (0 = none)")
+    for r in rots:
+        try:
+            check_rotation(r)
+        except ConfigError as e:
+            raise typer.BadParameter(str(e)) from None
+    return rots
 
 
 def _spec_for(model: str, module: Any, spec: ModelSpec | None) -> ModelSpec:
@@ -115,6 +132,7 @@ def analyze_command(
     group_size: str = typer.Option("64", "--group-size",
                                    help="weights per scale along K, 0 = per channel; several compete: 64,128,0"),
     calibration: str = typer.Option("none", help="quantizers competing per bit width, e.g. none,gptq"),
+    rotation: str = typer.Option("0", help="Hadamard input rotations competing (block along K, 0 = none), e.g. 0,128"),
     loss: str = typer.Option("mse", help="output loss: mse, cosine (1 - cosine), kl; or a proxy, no pass per "
                                          "cell: proxy:input_weighted, proxy:hawq"),
     batches: int = typer.Option(8, help="calibration batches the loss of every cell is measured on"),
@@ -125,7 +143,7 @@ def analyze_command(
     """Measure the sensitivity table: loss of the output when only one layer is quantized, per candidate."""
     console = Console()
     candidates = default_candidates(parse_bits(bits), grid=grid, method=method, group_sizes=parse_group_sizes(group_size),
-                                    calibrations=parse_calibrations(calibration))
+                                    calibrations=parse_calibrations(calibration), rotations=parse_rotations(rotation))
     started = time.perf_counter()
     table, _, _, _ = run_analysis(model, candidates, out=out, loss=loss, batches=batches, skip=skip,
                                   hessian_batches=hessian_batches)

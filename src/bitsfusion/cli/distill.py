@@ -96,6 +96,8 @@ def distill_command(
     method: ScaleMethod = typer.Option(ScaleMethod.ALS, help="how the starting scales are chosen"),
     calibration: str = typer.Option("gptq", help="post-training quantizer the training starts from: none, gptq, awq"),
     nested: str = typer.Option("", callback=parse_nested, help="lower precisions also stored, e.g. 3,2"),
+    rotation: int = typer.Option(0, "--rotation", help="Hadamard rotation of each layer's input, the block along K "
+                                                       "(a power of two, e.g. 128; 0 = none)"),
     skip: list[str] = typer.Option([], "--skip", help="layer kept in float: exact name or re:<pattern> (repeatable)"),
     data: Optional[Path] = typer.Option(None, "--data", help="unlabelled text, one sentence per line "
                                         "(default: the bundled distillation sentences)"),
@@ -127,7 +129,7 @@ def distill_command(
     recipe = _recipe_of(spec, model)
     lines = read_lines(data) if data is not None else None
     scheme = None if plan is not None else QScheme(bits=bits, group_size=group_size or None, grid=grid, method=method,
-                                                  nested=nested, calibration=calibration)
+                                                  nested=nested, calibration=calibration, rotation=rotation)
     the_plan = build_plan(scheme, plan, skip, spec.default_skip)
     teacher = spec.build()
     calibrated = any(s is not None and s.calibration.uses_inputs for s in (the_plan.default, *the_plan.rules.values()))

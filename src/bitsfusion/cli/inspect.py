@@ -49,14 +49,15 @@ def _scheme_row(fqn: str, entry: dict[str, Any]) -> list[str]:
     return [
         fqn, str(entry.get("type", "?")), "x".join(map(str, shape)), bits,
         "channel" if scheme.group_size is None else str(scheme.group_size),
-        scheme.grid.value, scheme.method.value,
+        scheme.grid.value, scheme.method.value + (f" rot{scheme.rotation}" if scheme.rotation else ""),
         f"{packed_nbytes(scheme, shape):,}", f"{bits_per_weight(scheme, shape):.3f}",
         f"{err:.2e}" if isinstance(err, (int, float)) else "-",
     ]
 
 
 def layer_table(manifest: dict[str, Any], title: str = "quantized layers") -> Table:
-    """One row per quantized layer: layer, type, shape, bits, group, grid, method, bytes, bits/w, weight error."""
+    """One row per quantized layer: layer, type, shape, bits, group, grid, method (with the Hadamard rotation's
+    block, ``rot128``, when the input is rotated), bytes, bits/w, weight error."""
     table = Table(title=title, title_justify="left")
     for col in ("layer", "type", "shape", "bits", "group", "grid", "method"):
         table.add_column(col)

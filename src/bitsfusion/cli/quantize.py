@@ -29,7 +29,7 @@ from ..types import Grid, QScheme, ScaleMethod
 from ..zoo.registry import ModelSpec
 from ..zoo.resolve import resolve_model
 from .allocate import allocate_from, summary_lines
-from .analyze import HESSIAN_BATCHES, parse_calibrations, parse_group_sizes, run_analysis
+from .analyze import HESSIAN_BATCHES, parse_calibrations, parse_group_sizes, parse_rotations, run_analysis
 from .inspect import layer_table, skipped_table
 
 __all__ = ["quantize_command", "build_plan", "parse_nested"]
@@ -64,6 +64,8 @@ def quantize_command(
     grid: Grid = typer.Option(Grid.ASYMMETRIC, help="integer grid (asymmetric: the best measured at every width)"),
     method: ScaleMethod = typer.Option(ScaleMethod.ALS, help="how scales are chosen"),
     nested: str = typer.Option("", callback=parse_nested, help="lower precisions also stored, e.g. 2,3"),
+    rotation: int = typer.Option(0, "--rotation", help="Hadamard rotation of each layer's input, the block along K "
+                                                       "(a power of two, e.g. 128; 0 = none)"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="BitPlan JSON (replaces the scheme options)"),
     skip: list[str] = typer.Option([], "--skip", help="layer kept in float: exact name or re:<pattern> (repeatable)"),
     avg_bits: Optional[float] = typer.Option(None, "--avg-bits", min=0.0,
@@ -75,6 +77,8 @@ def quantize_command(
     calibration: str = typer.Option("gptq", help="mixed precision: quantizers competing per bits, e.g. none,gptq"),
     candidate_groups: str = typer.Option("64,128,0", "--candidate-groups",
                                          help="mixed precision: group sizes competing per layer (0 = per channel)"),
+    candidate_rotations: str = typer.Option("0", "--candidate-rotations",
+                                            help="mixed precision: Hadamard rotations competing per layer, e.g. 0,128"),
     sequential: bool = typer.Option(False, "--sequential",
                                     help="fit calibrated layers in forward order to the float outputs (nn.sequential)"),
     calibration_batches: int = typer.Option(HESSIAN_BATCHES, "--calibration-batches", min=1,
@@ -83,13 +87,14 @@ def quantize_command(
     """Quantize MODEL and save it as an artifact (bit-planes + manifest); print the per-layer report."""
     console = Console()
     scheme = None if plan is not None else QScheme(
-        bits=bits, group_size=group_size or None, grid=grid, method=method, nested=nested
+        bits=bits, group_size=group_size or None, grid=grid, method=method, nested=nested, rotation=rotation
     )
     if avg_bits is not None or max_bytes is not None:
         if plan is not None:
             raise ConfigError("--plan and --avg-bits/--max-bytes both choose the plan: give one")
         candidates = default_candidates(grid=grid, method=method, group_sizes=parse_group_sizes(candidate_groups),
-                                        calibrations=parse_calibrations(calibration))
+                                        calibrations=parse_calibrations(calibration),
+                                        rotations=parse_rotations(candidate_rotations))
         table, module, source, spec = run_analysis(model, candidates, out=sens, loss="mse", batches=ANALYSIS_BATCHES,
                                                    skip=skip)
         if spec is not None:  # the model's default pins (digits: conv_in/conv_out at 8), unless --pin names them

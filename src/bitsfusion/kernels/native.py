@@ -20,7 +20,8 @@ Kernels (``csrc/core/kernel_impl.h``, ``csrc/core/q8_*.h``, ``csrc/isa/*/q8_*.cp
 - ``dequant`` (GEMM, any ``M``): a 16-row tile ``s*c' - s*z`` is dequantised to fp32 once, then multiplied
   by 8 activation rows at a time; exact up to fp32 summation order.
 
-``x' = x * input_scale`` when the weight stores AWQ's per-column factor. Activations of dtype float16 or
+``x' = x * input_scale`` when the weight stores AWQ's per-column factor, ``x' = x R^T`` when its scheme is
+rotated (``quant.rotation``; ``linear`` and ``fast_linear`` rotate ``x`` before the kernel). Activations of dtype float16 or
 bfloat16 are computed in float32 and cast back. Work is split by 16-row blocks over
 ``torch.get_num_threads()`` threads; the GIL is released while the kernel runs. ``activation="gelu"``
 applies GELU to each part of ``y`` right after the kernel writes it, while it is in cache (erf from a rational
@@ -31,16 +32,20 @@ allocation) that ``F.gelu`` would make.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError, KernelUnavailable
 from ..pack.packed import PackedWeight
+from ..quant.rotation import check_block, signs, unrotate
+from ..quant.rotation import rotate as _rotate_torch
 from . import isa as _isa
 from .reference import check_activation
 from .repack import KernelWeight, kernel_weight, unsupported_reason
 
-__all__ = ["available", "unavailable_reason", "linear", "run", "default_kernel", "KERNELS"]
+__all__ = ["available", "unavailable_reason", "linear", "run", "rotate", "rotate_autograd", "default_kernel",
+           "KERNELS"]
 
 KERNELS: tuple[str, ...] = ("lut", "lut32", "int8", "dequant")
 _CODES = {"lut32": 0, "dequant": 1, "lut": 2, "int8": 3}  # bf_kernel in csrc/include/bitsfusion/kernels.h
@@ -78,6 +83,52 @@ def _check_f32(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
     if t.requires_grad:
         raise ConfigError(f"native: {name} requires grad, the native kernels have no backward; "
                           f"use kernels.reference (or torch.no_grad())")
+
+
+def rotate(x2d: torch.Tensor, block: int, isa: str | None = None, inverse: bool = False) -> torch.Tensor:
+    """``quant.rotation.rotate`` (or ``unrotate``) of float32 ``[M, K]`` on the native Hadamard kernel, into a new
+    tensor (``x2d`` is not written). The input is checked like any array handed to ``_C`` (``ConfigError``);
+    without ``_C`` the torch form of ``quant.rotation`` runs."""
+    check_block(block)
+    mod = _isa.NATIVE
+    if mod is None:
+        return (unrotate if inverse else _rotate_torch)(x2d, block)
+    if x2d.dim() != 2:
+        raise ConfigError(f"native.rotate: x must be 2-D [M, K], got shape {list(x2d.shape)}")
+    _check_f32(x2d, "x", (int(x2d.shape[0]), int(x2d.shape[1])))
+    m, k = int(x2d.shape[0]), int(x2d.shape[1])
+    out = x2d.clone()
+    nb = k // block
+    if nb == 0 or m == 0:
+        return out
+    s = signs(nb * block)
+    mod.hadamard_raw(out.data_ptr(), m, k, block, s.data_ptr(), inverse, _isa.isa_code(_isa.selected_isa(isa)),
+                     torch.get_num_threads())
+    return out
+
+
+class _Rotate(torch.autograd.Function):
+    """``rotate`` (or ``unrotate``) on the native kernel with its gradient: ``R`` is orthogonal, so the gradient of
+    ``x R^T`` is ``g R`` (the inverse), and the other way round."""
+
+    @staticmethod
+    def forward(ctx: Any, x2d: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:  # type: ignore[override]
+        ctx.block, ctx.inverse = block, inverse
+        return rotate(x2d.detach(), block, inverse=inverse)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        return rotate(grad.contiguous(), ctx.block, inverse=not ctx.inverse), None, None
+
+
+def rotate_autograd(t: torch.Tensor, block: int, inverse: bool = False) -> torch.Tensor:
+    """``quant.rotation.rotate`` / ``unrotate`` of ``t [..., K]`` with autograd, on the native kernel when ``_C``
+    is built and ``t`` is a float32 CPU tensor (training's per-step rotation of a weight; the native kernel
+    against the torch form: ``benchmarks/kernels.py``, docs/BENCHMARKS.md), else the torch form."""
+    if _isa.NATIVE is None or t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() < 1:
+        return (unrotate if inverse else _rotate_torch)(t, block)
+    k = int(t.shape[-1])
+    return _Rotate.apply(t.reshape(-1, k).contiguous(), block, inverse).reshape(t.shape)
 
 
 def _act_code(activation: str | None) -> int:
@@ -167,6 +218,8 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
     x2d = x.reshape(-1, k).to(torch.float32).contiguous()
     if x2d.data_ptr() % 4 != 0:  # a view at an odd byte offset: copy it rather than refuse
         x2d = x2d.clone()
+    if packed.scheme.rotation:  # the codes are of W R^T: the kernels take x R^T (quant.rotation)
+        x2d = rotate(x2d, packed.scheme.rotation, isa_name)
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     bits = packed.scheme.bits if active_bits is None else active_bits
     kw = _kw if _kw is not None else kernel_weight(packed)
@@ -282,6 +335,9 @@ def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
         return None
     if want != "lut":
         sh = zh = 0
+    rot = packed.scheme.rotation
+    if rot:  # x R^T for the rotated codes (quant.rotation), into a new tensor
+        x = rotate(x.detach().view(-1, k), rot).view(x.shape)
     y = x.new_empty(*x.shape[:-1], kw.n)  # float32 on CPU like x; ints, not a tuple: ~0.6 us cheaper
     mod.linear_raw(x.data_ptr(), rows, k, planes_ptr, kw.bits, sp, szp, kw.n_groups, inp_ptr, bptr, y.data_ptr(),
                    kw.n, bits, kw.group_kb, _NATIVE_CODES[want], _BEST_ISA, torch.get_num_threads(), sh, zh, act,

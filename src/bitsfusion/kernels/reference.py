@@ -12,7 +12,8 @@ The maths, for a layer stored at ``b`` bits and run at ``b' = active_bits`` (a p
     linear:  y[..., n] = sum_k x[..., k] * W'[n, k] + bias[n]
 
 ``input_scale`` (float16 ``[K]``) is stored only by activation-aware schemes (AWQ), and is 1
-otherwise. It is folded into the dequantised weight, not into ``x``: for a conv, column ``k`` is an
+otherwise. A rotated scheme's codes are of ``W R^T`` (``quant.rotation``); ``W'`` above is then rotated back
+(``W' R``) by ``PackedWeight.dequantize``, while the native kernels rotate ``x`` instead. It is folded into the dequantised weight, not into ``x``: for a conv, column ``k`` is an
 im2col column ``(c, i, j)`` (channel and kernel position), which no per-channel scaling of ``x``
 can express. A native kernel may instead scale ``x`` (linear) or the unfolded patches (conv):
 ``x @ W'^T == (x * input_scale) @ W''^T`` with ``W''`` the dequantised codes alone.
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..pack.packed import PackedWeight
 from ..quant.codes import dequantize_codes
+from ..quant.rotation import rotate
 
 __all__ = ["linear", "conv2d", "dequantized_weight", "quantize_activations", "linear_int8_activations",
            "lut8_error_bound", "activate", "check_activation", "ACTIVATIONS"]
@@ -128,8 +130,10 @@ def conv2d(
     return F.conv2d(x, weight, _bias(bias, x), stride, padding, dilation, groups)
 
 
-def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8 of ``x' = x * input_scale`` exactly as the native ``int8`` kernel does it.
+def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None = None,
+                         rotation: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 of ``x' = x * input_scale`` (``x' = x R^T`` for a ``rotation``) exactly as the
+    native ``int8`` kernel does it.
 
     ``sx = max_k |x'[m, k]| / 127`` (float32), ``xq = round_half_even(x' / sx)`` in ``[-127, 127]``
     (0 for an all-zero row). Returns ``(xq, sx)``: float32 ``[M, K]`` holding integers, and ``[M, 1]``.
@@ -137,6 +141,8 @@ def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None = Non
     xf = x.reshape(-1, x.shape[-1]).to(torch.float32)
     if input_scale is not None:
         xf = xf * input_scale.to(torch.float32)
+    if rotation:
+        xf = rotate(xf, rotation)
     sx = xf.abs().amax(dim=1, keepdim=True) / 127.0
     xq = torch.where(sx > 0, torch.round(xf / torch.where(sx > 0, sx, 1.0)), 0.0)
     return xq, sx
@@ -146,8 +152,8 @@ def linear_int8_activations(x: torch.Tensor, packed: PackedWeight, bias: torch.T
                             active_bits: int | None = None, activation: str | None = None) -> torch.Tensor:
     """The oracle of the native ``int8`` kernel: ``y = (sx * xq) @ (s * (c' - z))^T + bias`` in float64.
 
-    ``xq, sx = quantize_activations(x, input_scale)``; the weight is dequantised without ``input_scale``
-    (the kernel folds it into ``x``); ``activation`` as in ``linear``. Returns float32 ``[..., N]``.
+    ``xq, sx = quantize_activations(x, input_scale, rotation)``; the weight is dequantised in the stored basis,
+    without ``input_scale`` (the kernel folds both into ``x``); ``activation`` as in ``linear``. Returns float32 ``[..., N]``.
     """
     n, k = packed.shape
     if x.shape[-1] != k:
@@ -156,7 +162,7 @@ def linear_int8_activations(x: torch.Tensor, packed: PackedWeight, bias: torch.T
     scales, zeros = packed.scale_zero(bits)
     scheme = packed.scheme.replace(bits=bits, nested=())
     w = dequantize_codes(packed.codes(bits), scales, zeros, scheme, dtype=torch.float64)
-    xq, sx = quantize_activations(x, getattr(packed, "input_scale", None))
+    xq, sx = quantize_activations(x, getattr(packed, "input_scale", None), packed.scheme.rotation)
     y = (xq.double() * sx.double()) @ w.T
     if bias is not None:
         y = y + bias.double()
@@ -178,6 +184,8 @@ def lut8_error_bound(x: torch.Tensor, packed: PackedWeight, active_bits: int | N
     inp = getattr(packed, "input_scale", None)
     if inp is not None:
         xf = xf * inp.to(torch.float64)
+    if packed.scheme.rotation:
+        xf = rotate(xf, packed.scheme.rotation).to(torch.float64)
     k32 = -(-k // 32) * 32
     xp = F.pad(xf, (0, k32 - k))
     t_range = xp.abs().view(xp.shape[0], -1, 4).sum(-1)  # [M, K32/4]

@@ -146,18 +146,20 @@ class QModule(SwitchablePrecision, nn.Module):
         return cls.from_quantized(module, quantize(w, scheme, hessian=hessian))
 
     @classmethod
-    def from_quantized(cls, module: nn.Module, qweight: QuantizedWeight) -> "QModule":
+    def from_quantized(cls, module: nn.Module, qweight: QuantizedWeight, *,
+                       weight: torch.Tensor | None = None) -> "QModule":
         """A quantized module with ``module``'s configuration and bias holding ``qweight``.
 
         ``module`` is an instance of ``float_type`` or of a subclass (a fake-quant layer of
-        ``bitsfusion.train.qat``); ``weight_error`` is measured against its weight. Used by
-        ``from_float`` and by ``train.qat.convert``, so both produce the same packed module.
+        ``bitsfusion.train.qat``); ``weight_error`` is measured against ``weight`` (``[N, K]``, the layer's
+        basis), by default its weight. Used by ``from_float`` and by ``train.qat.convert``, so both produce
+        the same packed module.
         """
         if not isinstance(module, cls.float_type):
             raise UnsupportedLayer(f"{cls.__name__}.from_quantized takes a {cls.float_type.__name__}, "
                                    f"got {type(module).__name__}")
         kwargs = cls._float_kwargs(module)
-        w = cls.weight_matrix(module).detach().to(torch.float32)
+        w = (cls.weight_matrix(module) if weight is None else weight).detach().to(torch.float32)
         packed = PackedWeight.from_quantized(qweight)
         error = relative_error(w, packed.dequantize())
         bias = getattr(module, "bias", None)

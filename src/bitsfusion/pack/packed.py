@@ -23,7 +23,8 @@ with that precision's scales and zeros, so one stored weight serves every precis
 An activation-aware scheme (``scheme.calibration.scales_inputs``: ``awq``, ``awq+gptq``) stores its
 codes in the scaled basis ``W diag(s)`` and ``input_scale = 1/s``; every precision shares it, and
 ``dequantize`` multiplies column ``k`` by ``input_scale[k]`` (see ``quant.codes``), so the weight
-it returns is in the original basis.
+it returns is in the original basis. A rotated scheme (``scheme.rotation``) stores the codes of ``W R^T``
+and nothing more (``R`` is a function of the scheme, ``quant.rotation``); ``dequantize`` rotates back.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 
 from ..errors import ConfigError, FormatError
 from ..quant.codes import QuantizedWeight, dequantize_codes
+from ..quant.rotation import unrotate
 from ..types import QScheme
 from .basepack import base_row_bytes, pack_base, unpack_base
 from .bitplanes import bitplanes_shape, pack_bitplanes, unpack_bitplanes
@@ -237,11 +239,14 @@ class PackedWeight:
 
     def dequantize(self, active_bits: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``W_hat[N, K]`` as ``dtype``: ``scale * (code - zero)`` at precision ``active_bits``, times
-        ``input_scale[k]`` per column when stored (the original basis)."""
+        ``input_scale[k]`` per column when stored, rotated back for a rotated scheme (the original basis)."""
         b = self._precision(active_bits)
         scales, zeros = self.scale_zero(b)
         scheme = self.scheme.replace(bits=b, nested=())
-        return dequantize_codes(self.codes(b), scales, zeros, scheme, dtype=dtype, input_scale=self.input_scale)
+        rot = self.scheme.rotation
+        out = dequantize_codes(self.codes(b), scales, zeros, scheme, dtype=torch.float32 if rot else dtype,
+                               input_scale=self.input_scale)
+        return unrotate(out, rot).to(dtype) if rot else out
 
     @property
     def nbytes(self) -> int:

@@ -21,6 +21,10 @@ instead of ``W`` and store ``input_scale = 1/s`` (float16 ``[K]``), one factor p
 so ``x @ W_hat^T == (x * input_scale) @ deq(codes)^T``: the stored factor multiplies the input.
 Example: ``s = 4`` on a column whose activations are large gives ``input_scale = 0.25``; a weight
 ``0.1`` there is quantized as ``0.4`` (a finer relative grid), and dequantizes back to ``~0.1``.
+
+A rotated scheme (``scheme.rotation = B``) quantizes ``W R^T`` (``quant.rotation``): the codes, scales and
+zeros are of the rotated weight, ``dequantize_codes`` gives that stored basis, and ``dequantize`` rotates it
+back, ``W_hat = deq(codes) R``, so ``x @ W_hat^T == (x R^T) @ deq(codes)^T``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..types import QScheme
+from .rotation import unrotate
 
 __all__ = ["QuantizedWeight", "dequantize_codes", "expand_groups"]
 
@@ -74,15 +79,17 @@ class QuantizedWeight:
         return self.codes >> (self.scheme.bits - bits)
 
     def dequantize(self, bits: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``W_hat[N, K]`` at ``bits`` (must be ``scheme.bits`` or one of ``scheme.nested``), original basis."""
+        """``W_hat[N, K]`` at ``bits`` (must be ``scheme.bits`` or one of ``scheme.nested``), original basis
+        (input scale folded in, rotation undone)."""
         bits = self.scheme.bits if bits is None else bits
         if bits not in self.scheme.precisions:
             raise ValueError(f"this weight stores precisions {self.scheme.precisions}, not {bits}")
         scales, zeros = self.scale_zero(bits)
-        return dequantize_codes(
-            self.truncated_codes(bits), scales, zeros, self.scheme.replace(bits=bits, nested=()), dtype=dtype,
-            input_scale=self.input_scale,
+        out = dequantize_codes(
+            self.truncated_codes(bits), scales, zeros, self.scheme.replace(bits=bits, nested=()),
+            dtype=torch.float32 if self.scheme.rotation else dtype, input_scale=self.input_scale,
         )
+        return unrotate(out, self.scheme.rotation).to(dtype) if self.scheme.rotation else out
 
 
 def expand_groups(per_group: torch.Tensor, k: int, group_size: int | None) -> torch.Tensor:

@@ -41,6 +41,7 @@ from .gptq import gptq_codes, nested_gptq_codes
 from .grids import GridSpec
 from .nested import GroupFit, fit_nested, nest_by_truncation, truncate_codes
 from .refit import refit_params
+from .rotation import rotate, rotate_hessian
 from .scales import MAX_ABS_WEIGHT, als, minmax, mse_search
 
 __all__ = ["quantize", "relative_error", "output_error", "fit_groups"]
@@ -220,7 +221,9 @@ def quantize(
     Returns codes uint8 ``[N, K]`` in ``0 .. scheme.levels - 1``, scales float16 ``[N, n_groups]``,
     zeros float16 (asymmetric grid) and, for each nested ``b'``, the scales (and zeros) of the
     truncated codes ``codes >> (bits - b')``; with AWQ (``scheme.calibration.scales_inputs``) also
-    ``input_scale`` float16 ``[K]``. Round-to-nearest (calibration ``none``): codes are nearest-rounded
+    ``input_scale`` float16 ``[K]``. A rotated scheme (``scheme.rotation``) quantizes ``W R^T`` with the
+    Hessian ``R H R^T`` (``quant.rotation``): the codes are of the rotated weight, ``dequantize`` rotates back.
+    Round-to-nearest (calibration ``none``): codes are nearest-rounded
     against the stored float16 scales, so ``dequantize`` reproduces exactly the error the scale search
     minimised; with nesting they are searched against the stored float16 scales of every precision
     (``prefix_aware`` and ``full_weight`` choose how, see ``fit_groups``; nested GPTQ weighs the full precision's
@@ -232,10 +235,14 @@ def quantize(
     Raises ``ValueError`` for a weight that is not 2-D, empty, non-float, non-finite or too large.
     """
     w32 = _validate(w, scheme)
+    if scheme.rotation:  # everything below quantizes W R^T against the Hessian of x R^T (quant.rotation)
+        w32 = rotate(w32, scheme.rotation)
     calibration = scheme.calibration
     if calibration is Calibration.NONE:
         return _round_to_nearest(w32, scheme, prefix_aware, full_weight)
     h = _check_hessian(hessian, scheme, int(w32.shape[1]), w32.device)
+    if scheme.rotation:
+        h = rotate_hessian(h, scheme.rotation)
     if calibration is Calibration.GPTQ:
         return _gptq(w32, h, scheme, None, full_weight)
     search = scheme.replace(nested=(), calibration=Calibration.NONE)

@@ -6,7 +6,11 @@ what post-training quantisation of that layer produces (the plan's scheme: grid,
 GPTQ/AWQ calibration, nested precisions) and holds, as trainable parameters:
 
 - ``weight``: the latent float weight, in the layer's own shape and basis (an AWQ layer's stored factor
-  ``input_scale`` stays a fixed buffer). It starts inside the PTQ code's rounding cell, as close to the
+  ``input_scale`` stays a fixed buffer), except for a rotated scheme (``QScheme.rotation``), whose latent is
+  ``W R^T``, one latent value per code as on any other layer; the forward weight is rotated back
+  (``layer_weight()`` is the latent in the layer's basis). Why: Adam's per-element steps then move single
+  codes, as on an unrotated layer, and a step costs one rotation of the weight (a latent in the layer's
+  basis would need a second one on the way to the codes); It starts inside the PTQ code's rounding cell, as close to the
   float weight as the cell allows (within ``LATENT_MARGIN`` of a step of the cell's centre), so the first
   forward pass reproduces the PTQ codes exactly while the latent still knows which way the float weight lay;
 - ``log_scale_b{b}``: per group, the log of the scale's ratio to its PTQ value, for every stored precision
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..kernels.native import rotate_autograd
 from ..nn.precision import SwitchablePrecision
 from ..nn.qmodule import QModule
 from ..nn.swap import QuantizedLayer, QuantizeReport, apply_plan, module_references
@@ -43,6 +48,7 @@ from ..plan import BitPlan
 from ..quant.codes import QuantizedWeight, expand_groups
 from ..quant.grids import GridSpec
 from ..quant.quantizer import quantize, relative_error
+from ..quant.rotation import rotate, unrotate
 from ..types import QScheme
 
 __all__ = ["FakeQuantLinear", "FakeQuantConv2d", "FakeQuantMixin", "prepare", "convert", "fake_quant_layers",
@@ -117,8 +123,13 @@ class FakeQuantMixin(SwitchablePrecision):
         return expand_groups(s, k, gs), z
 
     def _stored_basis(self) -> torch.Tensor:
-        v = self.weight.reshape(self.shape).to(torch.float32)
+        v = self.weight.reshape(self.shape).to(torch.float32)  # a rotated scheme's latent is already W R^T
         return v if self.input_scale is None else v / self.input_scale
+
+    def layer_weight(self) -> torch.Tensor:
+        """The latent weight ``[N, K]`` in the layer's own basis (a rotated scheme's latent rotated back)."""
+        v = self.weight.reshape(self.shape).to(torch.float32)
+        return unrotate(v, self.scheme.rotation) if self.scheme.rotation else v
 
     def _codes(self, v: torch.Tensor, s: torch.Tensor, z: torch.Tensor | float) -> torch.Tensor:
         cmax = GridSpec(self.scheme.grid, self.scheme.bits).cmax
@@ -136,6 +147,8 @@ class FakeQuantMixin(SwitchablePrecision):
         w = (codes - z) * s
         if self.input_scale is not None:
             w = w * self.input_scale
+        if self.scheme.rotation:
+            w = rotate_autograd(w, self.scheme.rotation, inverse=True)
         return w.reshape(self.weight.shape).to(self.weight.dtype)
 
     def dampening_loss(self) -> torch.Tensor:
@@ -153,11 +166,13 @@ class FakeQuantMixin(SwitchablePrecision):
 
     def _latent_start(self, w: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
         """Inside each PTQ code's cell, as near the float weight as ``LATENT_MARGIN`` allows (stored basis in,
-        original basis out); any element whose code would still differ starts at its level exactly."""
+        the latent's basis out: AWQ's scaling undone, a rotation kept); any element whose code would still differ
+        starts at its level exactly."""
         with torch.no_grad():
             s, z = self._scale_zero(self.scheme.bits)
-            inp = self.input_scale
-            v = w if inp is None else w / inp
+            inp, rot = self.input_scale, self.scheme.rotation
+            v = rotate(w, rot) if rot else w
+            v = v if inp is None else v / inp
             level = (qw.codes.to(torch.float32) - z) * s
             start = level + torch.maximum(torch.minimum(v - level, LATENT_MARGIN * s), -LATENT_MARGIN * s)
             moved = self._codes(start, s, z) != qw.codes.to(torch.float32)
@@ -283,7 +298,8 @@ def convert(model: nn.Module) -> QuantizeReport:
     for fqn, fake in layers:
         if fqn == "":
             raise ConfigError("convert cannot swap the root module in place; wrap it, e.g. nn.Sequential(layer)")
-        q = fake.qmodule_class.from_quantized(fake, fake.to_quantized())  # type: ignore[arg-type]
+        q = fake.qmodule_class.from_quantized(fake, fake.to_quantized(),  # type: ignore[arg-type]
+                                              weight=fake.layer_weight())
         for parent, name in refs[id(fake)]:
             setattr(parent, name, q)
         report.quantized.append(QuantizedLayer(
