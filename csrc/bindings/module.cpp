@@ -20,10 +20,19 @@ static void need(bool ok, const std::string& what) {
     if (!ok) throw std::invalid_argument("bitsfusion._C.linear: " + what);
 }
 
+// A rotation (bitsfusion/quant/rotation.py) of x before the kernels: none (0) or a power-of-two block, not
+// together with AWQ's input_scale (QScheme refuses the combination).
+static void need_rotation(int64_t rot_block, bool input_scale) {
+    need(rot_block == 0 || (rot_block >= 2 && rot_block <= 4096 && !(rot_block & (rot_block - 1))),
+         "rot_block must be 0 or a power of two in 2..4096");
+    need(!rot_block || !input_scale, "a rotation and an input_scale cannot be combined");
+}
+
 static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<const float, 3> scales,
                    Arr<const float, 3> szs, std::optional<Arr<const float, 1>> input_scale,
                    std::optional<Arr<const float, 1>> bias, Arr<float, 2> y, int64_t n, int active_bits,
-                   int64_t group_kb, int kernel, int isa, int threads, int act) {
+                   int64_t group_kb, int kernel, int isa, int threads, int act, int64_t rot_block,
+                   std::optional<Arr<const float, 1>> rot_signs) {
     const int64_t m = (int64_t)x.shape(0), k = (int64_t)x.shape(1);
     const int64_t NB = (n + 15) / 16, KB = (k + 7) / 8, NG = (int64_t)scales.shape(1);
     need(n >= 1 && k >= 1, "empty weight");
@@ -46,7 +55,14 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
     need(k < (1 << 17), "K must be below 131072 (int32 sums of the integer kernels)");
     need(isa >= 0 && isa < BF_ISA_COUNT && bf::isa_supported(isa), "this ISA path does not run on this CPU");
     need(act >= BF_ACT_NONE && act < BF_ACT_COUNT, "act must be 0 (none) or 1 (gelu)");
+    need_rotation(rot_block, input_scale.has_value());
+    need(!rot_block || k < rot_block || (rot_signs && (int64_t)rot_signs->shape(0) == k / rot_block * rot_block),
+         "rot_signs must be [K // rot_block * rot_block]");
     bf_linear_args a{};
+    if (rot_block && k >= rot_block) {
+        a.rot_block = rot_block;
+        a.rot_signs = rot_signs->data();
+    }
     a.x = x.data(); a.m = m; a.k = k; a.n = n;
     a.input_scale = input_scale ? input_scale->data() : nullptr;
     a.planes = planes.data(); a.bits = bits; a.active_bits = active_bits;
@@ -64,7 +80,8 @@ static void linear(Arr<const float, 2> x, Arr<const uint8_t, 4> planes, Arr<cons
 static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int bits, uintptr_t scales,
                        uintptr_t szs, int64_t n_groups, uintptr_t input_scale, uintptr_t bias, uintptr_t y,
                        int64_t n, int active_bits, int64_t group_kb, int kernel, int isa, int threads,
-                       uintptr_t scales_h, uintptr_t zeros_h, int act, float zero_h) {
+                       uintptr_t scales_h, uintptr_t zeros_h, int act, float zero_h, int64_t rot_block,
+                       uintptr_t rot_signs) {
     need(n >= 1 && k >= 1 && k < (1 << 17) && m >= 0, "bad sizes");
     need(active_bits >= 1 && active_bits <= bits && bits <= 8, "active_bits must be in 1..bits (<= 8)");
     need(kernel >= BF_KERNEL_LUT32 && kernel <= BF_KERNEL_INT8, "unknown kernel");
@@ -81,6 +98,12 @@ static void linear_raw(uintptr_t x, int64_t m, int64_t k, uintptr_t planes, int 
     a.bias = (const float*)bias;
     a.y = (float*)y; a.kernel = kernel; a.act = act;
     need(scales_h != 0 || zeros_h == 0, "zeros_h needs scales_h");
+    need_rotation(rot_block, input_scale != 0);
+    if (rot_block && k >= rot_block) {  // fewer than rot_block columns: no whole block, nothing rotates
+        need(rot_signs != 0, "rot_signs: null address");
+        a.rot_block = rot_block;
+        a.rot_signs = (const float*)rot_signs;
+    }
     a.scales_h = (const uint16_t*)scales_h; a.zeros_h = (const uint16_t*)zeros_h; a.zero_h = zero_h;
     if (m == 0) return;
     nb::gil_scoped_release release;
@@ -103,12 +126,13 @@ NB_MODULE(_C, mod) {
     mod.doc() = "BitsFusion native low-bit CPU kernels (bit-serial LUT GEMV: int8 or fp32 tables; int8-activation and dequantised-tile GEMM)";
     mod.def("linear", &linear, nb::arg("x"), nb::arg("planes"), nb::arg("scales"), nb::arg("szs"),
             nb::arg("input_scale").none(), nb::arg("bias").none(), nb::arg("y"), nb::arg("n"),
-            nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"), nb::arg("isa"), nb::arg("threads"), nb::arg("act") = 0);
+            nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"), nb::arg("isa"), nb::arg("threads"), nb::arg("act") = 0,
+            nb::arg("rot_block") = 0, nb::arg("rot_signs").none() = nb::none());
     mod.def("linear_raw", &linear_raw, nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("planes"), nb::arg("bits"),
             nb::arg("scales"), nb::arg("szs"), nb::arg("n_groups"), nb::arg("input_scale"), nb::arg("bias"),
             nb::arg("y"), nb::arg("n"), nb::arg("active_bits"), nb::arg("group_kb"), nb::arg("kernel"),
             nb::arg("isa"), nb::arg("threads"), nb::arg("scales_h") = 0, nb::arg("zeros_h") = 0,
-            nb::arg("act") = 0, nb::arg("zero_h") = 0.0f);
+            nb::arg("act") = 0, nb::arg("zero_h") = 0.0f, nb::arg("rot_block") = 0, nb::arg("rot_signs") = 0);
     mod.def("hadamard_raw", &hadamard_raw, nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("block"),
             nb::arg("signs"), nb::arg("inverse"), nb::arg("isa"), nb::arg("threads"));
     mod.def("isa_supported", &bf::isa_supported, nb::arg("isa"));

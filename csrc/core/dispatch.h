@@ -20,5 +20,9 @@ void linear(const bf_linear_args& a, int isa, int threads);
 // becomes H (s * v) / sqrt(block), or s * (H v) / sqrt(block) when `inverse`; signs s is [k / block * block].
 // The tail past the last whole block is left as it is. Throws std::invalid_argument for bad sizes or ISA.
 void hadamard(float* x, int64_t m, int64_t k, int64_t block, const float* signs, bool inverse, int isa, int threads);
+// On the calling thread: dst[r, :k] = the forward rotation of src[r, :k] for rows r < m (row strides lds and
+// ldd >= k), dst[r, k:ldd] = 0. Arguments are trusted (the dispatcher's own buffers; `isa` runs here).
+void hadamard_copy(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t m, int64_t k, int64_t block,
+                   const float* signs, int isa);
 
 }  // namespace bf

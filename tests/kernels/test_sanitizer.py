@@ -5,10 +5,10 @@ only the first run compiles: ~30-60 s on two shared cores). This process (with t
 weights, inputs and the reference outputs to an ``.npz``; a child process with the ASan runtime preloaded
 and *without* torch (whose own allocator hooks would drown the report) calls the sanitized module on every
 ISA path, every kernel (lut32, dequant, lut8, int8; through the checked ``linear`` and the raw-address
-``linear_raw`` that ``native.py`` uses; the Hadamard rotation ``hadamard_raw`` forward and inverse) and 1 and 2
-threads, and checks the results: 1e-4 of max |y| for
-the fp32 kernels, 3e-2 for the int8 ones (table / activation rounding, bounded in test_native.py). Any heap overflow, use after free or
-undefined behaviour aborts the child and fails the test with the sanitizer's report.
+``linear_raw`` that ``native.py`` uses, on plain and rotated weights; the Hadamard rotation ``hadamard_raw``
+forward and inverse) and 1 and 2 threads, and checks the results: 1e-4 of max |y| for the fp32 kernels, 3e-2
+for the int8 ones (table / activation rounding, bounded in test_native.py). Any heap overflow, use after free
+or undefined behaviour aborts the child and fails the test with the sanitizer's report.
 """
 
 from __future__ import annotations
@@ -51,13 +51,15 @@ CHILD = textwrap.dedent("""
             g = lambda name: cases[f"{c}_{name}"]
             ref = g("ref")
             inp = g("input_scale") if g("input_scale").size else None
+            rot, rs = int(g("rot")), g("rot_signs")  # a rotated weight: the kernel rotates x (hadamard_copy)
+            rs_arr, rs_ptr = (rs, rs.ctypes.data) if rs.size else (None, 0)
             for kernel in (0, 1, 2, 3):
                 if kernel == 2 and not int(g("lut8_ok")):
                     continue
                 for threads in (1, 2):
                     y = np.empty_like(ref)
                     _C.linear(g("x"), g("planes"), g("scales"), g("szs"), inp, g("bias"), y, ref.shape[1],
-                              int(g("active")), int(g("group_kb")), kernel, isa, threads)
+                              int(g("active")), int(g("group_kb")), kernel, isa, threads, 0, rot, rs_arr)
                     err = np.abs(y - ref).max() / (np.abs(ref).max() + 1e-6)
                     assert err < (1e-4 if kernel < 2 else 3e-2), (isa, c, kernel, threads, err)
                     y2 = np.empty_like(ref)
@@ -65,7 +67,8 @@ CHILD = textwrap.dedent("""
                     _C.linear_raw(x.ctypes.data, x.shape[0], x.shape[1], planes.ctypes.data, planes.shape[1],
                                   scales.ctypes.data, szs.ctypes.data, scales.shape[1],
                                   0 if inp is None else inp.ctypes.data, bias.ctypes.data, y2.ctypes.data,
-                                  ref.shape[1], int(g("active")), int(g("group_kb")), kernel, isa, threads)
+                                  ref.shape[1], int(g("active")), int(g("group_kb")), kernel, isa, threads,
+                                  0, 0, 0, 0.0, rot, rs_ptr)
                     assert np.array_equal(y, y2), (isa, c, kernel, threads)
                     if kernel == 2 and g("scales_h").size:  # float16 scales and zeros: the same numbers
                         sh, zh = g("scales_h"), g("zeros_h")  # no zeros_h: a symmetric grid's constant zero_h
@@ -73,7 +76,8 @@ CHILD = textwrap.dedent("""
                                       scales.ctypes.data, szs.ctypes.data, scales.shape[1],
                                       0 if inp is None else inp.ctypes.data, bias.ctypes.data, y2.ctypes.data,
                                       ref.shape[1], int(g("active")), int(g("group_kb")), kernel, isa, threads,
-                                      sh.ctypes.data, zh.ctypes.data if zh.size else 0, 0, float(g("zero_h")))
+                                      sh.ctypes.data, zh.ctypes.data if zh.size else 0, 0, float(g("zero_h")),
+                                      rot, rs_ptr)
                         assert np.array_equal(y, y2), ("float16 scales", isa, c, threads)
         for c in range(int(cases["had_count"])):  # the Hadamard rotation, in place, forward and inverse
             g = lambda name: cases[f"had{c}_{name}"]
@@ -120,7 +124,12 @@ def _cases(path: Path) -> None:
              (QScheme(4, group_size=64, nested=(2,)), 50, 300, 13, 4, False),  # INT8: 6-row and 2-block tails
              (QScheme(8, group_size=None, grid="asymmetric", nested=(5,)), 33, 45, 9, 5, False),
              (QScheme(2, group_size=64, grid="asymmetric"), 17, 131, 5, 2, AWQ),
-             (QScheme(1, group_size=8), 40, 203, 3, 1, False)]
+             (QScheme(1, group_size=8), 40, 203, 3, 1, False),
+             # rotated (x R^T formed in the preparation): a tail past the last block, K32 padding, k < block
+             (QScheme(4, group_size=64, rotation=32), 21, 77, 9, 4, False),
+             (QScheme(3, group_size=32, rotation=16, nested=(2,)), 18, 64, 3, 2, False),
+             (QScheme(2, group_size=None, grid="asymmetric", rotation=128), 20, 300, 7, 2, False),
+             (QScheme(4, group_size=32, rotation=64), 9, 40, 6, 4, False)]
     arrays: dict[str, np.ndarray] = {"count": np.array(len(specs))}
     for c, (scheme, n, k, m, active, awq) in enumerate(specs):
         packed = random_packed(scheme, n, k, seed=c, input_scale=awq)
@@ -137,6 +146,9 @@ def _cases(path: Path) -> None:
         for name, t in zip(("scales_h", "zeros_h"), halves if halves is not None else (None, None)):
             arrays[f"{c}_{name}"] = np.empty(0, np.uint16) if t is None else t.contiguous().view(torch.int16).numpy()
         arrays[f"{c}_zero_h"] = np.array(kw.pointers(packed, active)[4], np.float32)
+        rot = scheme.rotation
+        arrays[f"{c}_rot"] = np.array(rot)
+        arrays[f"{c}_rot_signs"] = signs(k // rot * rot).numpy() if rot and k >= rot else np.empty(0, np.float32)
     rotations = [(3, 77, 32), (6, 256, 128), (1, 40, 64), (5, 33, 2), (2, 4096, 4096)]  # tails, k < block, sizes
     arrays["had_count"] = np.array(len(rotations))
     for c, (m, k, block) in enumerate(rotations):

@@ -45,6 +45,11 @@ typedef struct bf_linear_args {
     const uint16_t* zeros_h;   // NULL with scales_h set: every group's zero is zero_h (a symmetric grid's constant)
     float zero_h;
     int32_t act;               // bf_act, applied to y[m, n] (bias included) once the kernel has written it
+    // Optional (LUT8 and INT8 only; not with input_scale): the kernels take x R^T, every whole block of rot_block
+    // columns of a row becoming H (s * v) / sqrt(rot_block) (bitsfusion/quant/rotation.py), s = rot_signs
+    // [k / rot_block * rot_block]; formed row by row inside the per-call preparation (x is not written).
+    int64_t rot_block;         // 0: no rotation; else a power of two in 2..4096
+    const float* rot_signs;
 } bf_linear_args;
 
 // Per-call scratch, all owned by the caller (K32 = 32*Q, the padded K; T = K32/4 tables a row).

@@ -21,7 +21,8 @@ Kernels (``csrc/core/kernel_impl.h``, ``csrc/core/q8_*.h``, ``csrc/isa/*/q8_*.cp
   by 8 activation rows at a time; exact up to fp32 summation order.
 
 ``x' = x * input_scale`` when the weight stores AWQ's per-column factor, ``x' = x R^T`` when its scheme is
-rotated (``quant.rotation``; ``linear`` and ``fast_linear`` rotate ``x`` before the kernel). Activations of dtype float16 or
+rotated (``quant.rotation``; the kernel rotates each range of rows of ``x`` into its own scratch while it
+prepares the activations, ``csrc/core/hadamard.cpp``). Activations of dtype float16 or
 bfloat16 are computed in float32 and cast back. Work is split by 16-row blocks over
 ``torch.get_num_threads()`` threads; the GIL is released while the kernel runs. ``activation="gelu"``
 applies GELU to each part of ``y`` right after the kernel writes it, while it is in cache (erf from a rational
@@ -141,7 +142,9 @@ def run(x2d: torch.Tensor, kw: KernelWeight, packed: PackedWeight, bias: torch.T
     """The strict entry: ``x2d`` float32 ``[M, K]`` contiguous, ``bias`` float32 ``[N]`` or None.
 
     Every pointer handed to ``_C`` is checked here first (dtype, device, shape, contiguity, 4-byte
-    alignment); ``ConfigError`` names the argument at fault. Returns float32 ``[M, N]``.
+    alignment); ``ConfigError`` names the argument at fault. Returns float32 ``[M, N]``. ``x2d`` is in the
+    layer's own basis: for a rotated weight (``scheme.rotation``) the kernel rotates it while it prepares the
+    activations (``x2d`` is not written).
     """
     mod = _isa.NATIVE
     if mod is None:
@@ -164,10 +167,25 @@ def run(x2d: torch.Tensor, kw: KernelWeight, packed: PackedWeight, bias: torch.T
         sh = zh = 0
     y = torch.empty((x2d.shape[0], kw.n), dtype=torch.float32)
     inp = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
+    rot, rot_signs = _rotation_args(packed, kw.k)
     mod.linear_raw(x2d.data_ptr(), x2d.shape[0], kw.k, kw.planes.data_ptr(), kw.bits, sp, szp, kw.n_groups, inp,
                    0 if bias is None else bias.data_ptr(), y.data_ptr(), kw.n, active_bits, kw.group_kb,
-                   _CODES[kernel], _isa.isa_code(isa), max(1, int(threads)), sh, zh, act, zc)
+                   _CODES[kernel], _isa.isa_code(isa), max(1, int(threads)), sh, zh, act, zc, rot,
+                   0 if rot_signs is None else rot_signs.data_ptr())
     return y
+
+
+def _rotation_args(packed: PackedWeight, k: int) -> tuple[int, torch.Tensor | None]:
+    """``(rot_block, signs)`` for ``_C``: the weight's rotation block and the float32 signs of its whole blocks
+    (cached by ``quant.rotation``, so the address stays valid), or ``(0, None)`` when nothing rotates (no
+    rotation, or fewer than one block of columns)."""
+    block = packed.scheme.rotation
+    if not block or k < block:
+        return 0, None
+    s = signs(k // block * block)
+    if s.dtype != torch.float32 or not s.is_contiguous() or s.numel() != k // block * block:
+        raise ConfigError(f"native: the rotation signs of K={k}, block {block} are not float32 [{k // block * block}]")
+    return int(block), s
 
 
 def default_kernel(rows: int, kw: KernelWeight, exact: bool = False, lut_max_rows: int = 4) -> str:
@@ -218,8 +236,6 @@ def linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = No
     x2d = x.reshape(-1, k).to(torch.float32).contiguous()
     if x2d.data_ptr() % 4 != 0:  # a view at an odd byte offset: copy it rather than refuse
         x2d = x2d.clone()
-    if packed.scheme.rotation:  # the codes are of W R^T: the kernels take x R^T (quant.rotation)
-        x2d = rotate(x2d, packed.scheme.rotation, isa_name)
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     bits = packed.scheme.bits if active_bits is None else active_bits
     kw = _kw if _kw is not None else kernel_weight(packed)
@@ -285,7 +301,9 @@ def _fast_entry(packed: PackedWeight, active_bits: int) -> tuple | None:
     kw = _FAST[key][6]
     sp, szp, sh, zh, zc = kw.pointers(packed, active_bits)  # shapes, dtypes, contiguity checked there
     inp_ptr = 0 if kw.input_scale is None else kw.input_scale.data_ptr()
-    info = (kw, sp, szp, sh, zh, zc, inp_ptr, kw.planes.data_ptr(), kw.lut8_reason is None)
+    rot, rot_signs = _rotation_args(packed, kw.k)
+    info = (kw, sp, szp, sh, zh, zc, inp_ptr, kw.planes.data_ptr(), kw.lut8_reason is None, rot,
+            0 if rot_signs is None else rot_signs.data_ptr(), rot_signs)
     per[active_bits] = (scales, scales._version, zeros, None if zeros is None else zeros._version, info,
                         scales.data_ptr(), None if zeros is None else zeros.data_ptr())
     return info
@@ -305,7 +323,7 @@ def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
     info = _fast_entry(packed, bits)
     if info is None:
         return None
-    kw, sp, szp, sh, zh, zc, inp_ptr, planes_ptr, lut8_ok = info
+    kw, sp, szp, sh, zh, zc, inp_ptr, planes_ptr, lut8_ok, rot, rot_ptr, _ = info
     k = kw.k
     if x.shape[-1] != k or not x.is_contiguous() or x.data_ptr() & 3:
         return None
@@ -335,13 +353,10 @@ def fast_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
         return None
     if want != "lut":
         sh = zh = 0
-    rot = packed.scheme.rotation
-    if rot:  # x R^T for the rotated codes (quant.rotation), into a new tensor
-        x = rotate(x.detach().view(-1, k), rot).view(x.shape)
     y = x.new_empty(*x.shape[:-1], kw.n)  # float32 on CPU like x; ints, not a tuple: ~0.6 us cheaper
     mod.linear_raw(x.data_ptr(), rows, k, planes_ptr, kw.bits, sp, szp, kw.n_groups, inp_ptr, bptr, y.data_ptr(),
                    kw.n, bits, kw.group_kb, _NATIVE_CODES[want], _BEST_ISA, torch.get_num_threads(), sh, zh, act,
-                   zc)
+                   zc, rot, rot_ptr)
     return y
 
 
