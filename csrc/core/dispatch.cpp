@@ -144,8 +144,8 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
     // the scratch arrays (tstat, per-row reuse, one per worker).
     const int npt = (int)std::min<int64_t>(nt, (M * K32) >= (1 << 16) ? M : 1);
     // LUT8: per-group int32 sums (portable/AVX2 paths) per worker; INT8: the codes of at most a panel of
-    // row-block pairs (AVX-512: 2P blocks of 512 Q bytes, no more than the worker's own blocks; AVX2: one block
-    // as int16, 1024 Q bytes; portable: 512 Q), not zeroed: every tile byte is unpacked before it is read.
+    // row-block pairs (AVX-512 and AVX2: 2P blocks of 512 Q bytes, no more than the worker's own blocks;
+    // portable: one block, 512 Q), not zeroed: every tile byte is unpacked before it is read.
     size_t work_bytes;
     if (lut) {
         work_bytes = (size_t)8 * NG * 16 * sizeof(int32_t);
@@ -153,7 +153,7 @@ static void linear_q8(const bf_linear_args& a, int isa, int threads) {
         int64_t per = (NB + nt - 1) / nt;
         per = (per + 1) / 2 * 2;  // fan_out's range with align = 2
         const int64_t blocks = std::min<int64_t>(2 * bf_int8_panel_pairs(Q), per);
-        work_bytes = (size_t)std::max<int64_t>(1024 * Q, blocks * 512 * Q);
+        work_bytes = (size_t)(blocks * 512 * Q);
     }
     ScratchLayout L;
     const size_t o_xs = L.add(direct ? 0 : sizeof(float) * M * K32);

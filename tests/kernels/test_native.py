@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from bitsfusion.kernels import dispatch, native, reference
+from bitsfusion.pack.packed import PackedWeight
+from bitsfusion.quant.codes import QuantizedWeight
 from bitsfusion.types import Grid, QScheme
 from tests.kernels.native_helpers import (ISAS, assert_close, error_bound, magnitude_weight, needs_awq,
                                          needs_native, one_torch_thread, random_packed)
 
 pytestmark = needs_native
 N, K = 37, 203  # neither a multiple of 8, 16, 32 nor of any group size
-ROWS = (1, 3, 8, 9, 64)
+ROWS = (1, 3, 8, 9, 14, 64)  # every remainder of the 4-row (AVX2) and 6-row (AVX-512) GEMM tiles
 GROUPS = [pytest.param(g, id=f"g{g}" if g else "per-channel") for g in (16, 32, 64, 128, None)]
 GRIDS = [pytest.param(g, id=g.value) for g in (Grid.SYMMETRIC, Grid.ASYMMETRIC)]
 BITS = [pytest.param(b, id=f"b{b}") for b in range(1, 9)]
@@ -62,6 +64,33 @@ def test_every_precision_kernel_and_isa_matches_reference(grid: Grid, bits: int,
             for isa in ISAS:
                 for kernel in kernels:
                     check_kernel(kernel, isa, x, packed, bias, active, ref, bound)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("bits", BITS)
+def test_int8_gemm_is_exact_at_the_largest_codes_and_activations(bits: int) -> None:
+    """Every code at its top value against activations of +-127 after quantisation: the largest integer sums
+    the int8 GEMMs form (the AVX2 path sums up to 16 vpmaddubsw steps in int16, sized by the active bits so
+    that this case stays below 2^15; its 8-bit path multiplies c - 128). Any saturation shows here as a
+    large error; the oracle quantises activations the same way."""
+    n, k = 19, 1000
+    scheme = QScheme(bits, group_size=None, nested=tuple(range(1, bits)))
+    ones = lambda: (torch.full((n, 1), 0.01).half(), None)  # noqa: E731
+    codes = torch.full((n, k), scheme.levels - 1, dtype=torch.uint8)
+    qw = QuantizedWeight(codes, ones()[0], None, scheme, {b: ones() for b in scheme.nested})
+    packed = PackedWeight.from_quantized(qw)
+    x = torch.ones(6, k)
+    x[1] = -1.0
+    x[2, ::2] = -1.0  # alternating signs: pair sums cancel, but the int16 chunks must not wrap either
+    x[3, : k // 2] = -1.0
+    x[4:] *= 3.0
+    for active in range(1, bits + 1):
+        for isa in ISAS:
+            y = native.linear(x, packed, None, active, kernel="int8", isa=isa)
+            want = reference.linear_int8_activations(x, packed, None, active)
+            xq, sx = reference.quantize_activations(x)
+            assert_close(y, want, error_bound(xq * sx, magnitude_weight(packed, active)),
+                         f"int8/{isa} b'={active} at the top code")
 
 
 @pytest.mark.usefixtures("one_torch_thread")

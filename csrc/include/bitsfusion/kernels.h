@@ -70,7 +70,7 @@ typedef struct bf_linear_args {
 //     xqt    int8  [ceil(m/6)][K32/4][6][4]  xq by tiles of 6 rows, then k-quad, for the AVX-512 GEMM: the 6 rows
 //            of its register tile read one contiguous stream (rows past m are not written nor read)
 //     tile8  uint8 [2P][8Q][16][4] per worker thread (P = bf_int8_panel_pairs(Q)): codes of P pairs of row
-//            blocks, 4 consecutive k per lane (AVX-512 path; AVX2: int16 codes of one block, 1024 Q bytes)
+//            blocks, 4 consecutive k per lane (AVX-512 and AVX2 paths; the AVX2 one stores c' - 128 at 8 active bits)
 typedef struct bf_q8_scratch {
     float* xs;        // [m][K32] x' padded (both); NULL for INT8 without input_scale when K = K32 (x is used)
     float* xsum;
@@ -85,7 +85,7 @@ typedef struct bf_q8_scratch {
                       // whole call's, not offset) at rows m0 + m
 } bf_q8_scratch;
 
-// Row-block pairs the AVX-512 INT8 GEMM unpacks at once (a panel of at most 256 KB of codes, at least one
+// Row-block pairs the AVX-512 and AVX2 INT8 GEMMs unpack at once (a panel of at most 256 KB of codes, at least one
 // pair; 1024 Q bytes a pair); its per-worker tile8 buffer is this many pairs.
 static inline int64_t bf_int8_panel_pairs(int64_t Q) {
     const int64_t p = (int64_t)(256 << 10) / (1024 * Q);
