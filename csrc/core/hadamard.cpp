@@ -21,8 +21,8 @@ namespace bf {
 // Each block of B consecutive floats of a row (the tail past the last whole block untouched) becomes
 // H_B (s * v) / sqrt(B) (forward) or s * (H_B v) / sqrt(B) (inverse): log2(B) butterfly stages. The
 // AVX-512 path does the four stages inside a 16-float vector with lane permutes and masked subtracts, and the
-// later ones between whole vectors; the portable path is plain loops (vectorised by the compiler where the
-// stride allows, compiled for AVX2 by a target attribute). Rows are split over the workers.
+// later ones between whole vectors; the AVX2 path likewise with 8-float vectors (three stages, permute + FMA
+// by +-1); the portable path is plain loops. Rows are split over the workers.
 namespace {
 
 inline void butterfly(float* __restrict a, float* __restrict b, int64_t h) {
@@ -74,11 +74,92 @@ void hadamard_rows_portable(BF_HADAMARD_ROWS_ARGS) {
     }
 }
 #if defined(BF_X86) && (defined(__GNUC__) || defined(__clang__))
+// One 8-float vector through the stages h = 1, 2, 4: v[j] = v[j^h] + v[j] where bit h of j is 0, else
+// v[j^h] - v[j], as one FMA with +-1 (exact: the same sums and differences as the AVX-512 path's).
+__attribute__((target("avx2,fma"))) inline __m256 wht8(__m256 v) {
+    const __m256 s1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1), s2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
+    const __m256 s4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
+    v = _mm256_fmadd_ps(v, s1, _mm256_permute_ps(v, 0xB1));            // h = 1: swap neighbours
+    v = _mm256_fmadd_ps(v, s2, _mm256_permute_ps(v, 0x4E));            // h = 2: swap pairs
+    return _mm256_fmadd_ps(v, s4, _mm256_permute2f128_ps(v, v, 0x01));  // h = 4: swap 128-bit halves
+}
+
+// A block of V vectors (B = 8 V <= 128) in registers from load (from `in`) to store (to `out`, which may be `in`).
+template <int V>
+__attribute__((target("avx2,fma"))) inline void wht_block_regs8(const float* in, float* out, const float* sg,
+                                                                __m256 c, bool inverse) {
+    __m256 r[V];
+    for (int i = 0; i < V; ++i) {
+        __m256 t = _mm256_loadu_ps(in + 8 * i);
+        if (!inverse) t = _mm256_mul_ps(t, _mm256_loadu_ps(sg + 8 * i));
+        r[i] = wht8(t);
+    }
+    for (int h = 1; h < V; h <<= 1)
+        for (int i = 0; i < V; i += 2 * h)
+            for (int j = i; j < i + h; ++j) {
+                const __m256 p = r[j], q = r[j + h];
+                r[j] = _mm256_add_ps(p, q);
+                r[j + h] = _mm256_sub_ps(p, q);
+            }
+    for (int i = 0; i < V; ++i) {
+        __m256 t = _mm256_mul_ps(r[i], c);
+        if (inverse) t = _mm256_mul_ps(t, _mm256_loadu_ps(sg + 8 * i));
+        _mm256_storeu_ps(out + 8 * i, t);
+    }
+}
+
+// Blocks larger than the registers: the first three stages per vector, then whole-vector butterflies, in place.
+__attribute__((target("avx2,fma"))) void wht_block_mem8(float* v, const float* sg, int64_t B, __m256 c, bool inverse) {
+    for (int64_t i = 0; i < B; i += 8) {
+        __m256 t = _mm256_loadu_ps(v + i);
+        if (!inverse) t = _mm256_mul_ps(t, _mm256_loadu_ps(sg + i));
+        _mm256_storeu_ps(v + i, wht8(t));
+    }
+    for (int64_t h = 8; h < B; h <<= 1)
+        for (int64_t i = 0; i < B; i += 2 * h)
+            for (int64_t j = i; j < i + h; j += 8) {
+                const __m256 p = _mm256_loadu_ps(v + j), q = _mm256_loadu_ps(v + j + h);
+                _mm256_storeu_ps(v + j, _mm256_add_ps(p, q));
+                _mm256_storeu_ps(v + j + h, _mm256_sub_ps(p, q));
+            }
+    for (int64_t i = 0; i < B; i += 8) {
+        __m256 t = _mm256_mul_ps(_mm256_loadu_ps(v + i), c);
+        if (inverse) t = _mm256_mul_ps(t, _mm256_loadu_ps(sg + i));
+        _mm256_storeu_ps(v + i, t);
+    }
+}
+
 __attribute__((target("avx2,fma"))) void hadamard_rows_avx2(BF_HADAMARD_ROWS_ARGS) {
+    const int64_t nb = k / B;
+    const __m256 c = _mm256_set1_ps(1.0f / std::sqrt((float)B));
     for (int64_t r = r0; r < r1; ++r) {
+        const float* sr = src + r * lds;
         float* d = dst + r * ldd;
-        start_row(src + r * lds, d, k, ldd);
-        BF_HADAMARD_ROW_PORTABLE(d)
+        if (B < 8 || B > 128) {  // copied first, then in place
+            start_row(sr, d, k, ldd);
+            if (B < 8) {
+                BF_HADAMARD_ROW_PORTABLE(d)
+            } else {
+                for (int64_t blk = 0; blk < nb; ++blk) wht_block_mem8(d + blk * B, s + blk * B, B, c, inverse);
+            }
+            continue;
+        }
+        for (int64_t blk = 0; blk < nb; ++blk) {  // straight from src to dst
+            const float* in = sr + blk * B;
+            float* out = d + blk * B;
+            const float* sg = s + blk * B;
+            switch (B) {
+                case 8: wht_block_regs8<1>(in, out, sg, c, inverse); break;
+                case 16: wht_block_regs8<2>(in, out, sg, c, inverse); break;
+                case 32: wht_block_regs8<4>(in, out, sg, c, inverse); break;
+                case 64: wht_block_regs8<8>(in, out, sg, c, inverse); break;
+                default: wht_block_regs8<16>(in, out, sg, c, inverse); break;
+            }
+        }
+        if (d != sr) {  // the tail past the last whole block, and the padding
+            memcpy(d + nb * B, sr + nb * B, sizeof(float) * (k - nb * B));
+            if (ldd > k) memset(d + k, 0, sizeof(float) * (ldd - k));
+        }
     }
 }
 

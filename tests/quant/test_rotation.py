@@ -208,7 +208,8 @@ def test_cli_quantize_with_rotation_and_a_bad_one(tmp_path: Path) -> None:
 @needs_native
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(("m", "k", "block"), [(1, 384, 128), (7, 131, 32), (3, 40, 64), (4, 1536, 128),
-                                               (2, 24, 8), (2, 4096, 4096), (0, 64, 16)])
+                                               (2, 24, 8), (5, 50, 16), (3, 600, 256), (2, 4096, 4096),
+                                               (0, 64, 16)])
 def test_native_rotation_is_the_torch_rotation(isa: str, m: int, k: int, block: int) -> None:
     x = torch.randn(m, k)
     before = x.clone()
