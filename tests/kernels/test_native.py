@@ -94,6 +94,35 @@ def test_int8_gemm_is_exact_at_the_largest_codes_and_activations(bits: int) -> N
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("top", [True, False], ids=["top-codes", "random"])
+@pytest.mark.parametrize(("bits", "group"), [(4, None), (4, 64), (5, 32), (3, 128)],
+                         ids=["b4-per-channel", "b4-g64", "b5-g32", "b3-g128"])
+def test_lut_gemv_at_its_largest_integer_sums(top: bool, bits: int, group: int | None) -> None:
+    """The AVX2 LUT8 path sums lookups in u16 (at most 1020 per quartet and lane, two lanes added when widened):
+    per plane in chunks of 32 quartets (per channel, K = 4100: 129 quartets, four chunk boundaries), or, when
+    (2^b' - 1) x quartets per group <= 32, as the Horner sum over the planes of a group (g64 at 4 bits: 30, g32
+    at 5 bits: 31, g128 at 3 bits: 28). With every code at its top and x > 0 every table entry is 255 and the sums
+    reach the largest values those bounds allow."""
+    n, k = 21, 4100 if group is None else 1000
+    scheme = QScheme(bits, group_size=group, nested=tuple(range(1, bits)))
+    if top:
+        one = lambda: (torch.full((n, scheme.n_groups(k)), 0.01).half(), None)  # noqa: E731
+        qw = QuantizedWeight(torch.full((n, k), scheme.levels - 1, dtype=torch.uint8), one()[0], None, scheme,
+                             {b: one() for b in scheme.nested})
+        packed = PackedWeight.from_quantized(qw)
+        x = torch.ones(3, k)
+    else:
+        packed = random_packed(scheme, n, k, seed=5)
+        x = torch.randn(3, k)
+    for active in (1, bits):
+        ref = reference.linear(x, packed, None, active)
+        bound = error_bound(x, magnitude_weight(packed, active))
+        for isa in ISAS:
+            for m in (1, 2, 3):
+                check_kernel("lut", isa, x[:m], packed, None, active, ref[:m], bound[:m])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("kernel", ["int8", "dequant", "lut"])
 def test_many_rows_and_wide_layers(kernel: str) -> None:
     """M = 512 (GEMM tails of the 6-row and 32-column blocks) and K = 1000 with several groups."""

@@ -1,9 +1,8 @@
 // AVX2 integer kernels (no VNNI, no byte permute across 16 entries x 4 tables). Compiled with -mavx2 -mfma.
 //
-// LUT8 GEMV: a ymm holds 8 rows x 4 plane bytes (a row per 32-bit lane) and the 4 bytes of a lane need
-// 4 different tables, while vpshufb looks up one 16-entry table per 128-bit lane. So each table p is
-// looked up with the indices of the other 3 byte positions forced to 0x80 (vpshufb then yields 0) and the
-// 4 results are OR-ed; vpmaddubsw + vpmaddwd against ones then sum each row's 8 lookups into int32.
+// LUT8 GEMV: vpshufb looks up one 16-entry table per 128-bit lane, while a plane vector holds 8 rows x 4 byte
+// positions p (4 tables per lane). Each quartet's plane bytes are regrouped in registers so that a lane holds
+// one p of 16 rows (lut8_regroup), then every lookup of a vpshufb is useful; sums in u16, widened per group.
 // INT8 GEMM: codes unpacked to bytes [k/4][16 rows][4] (vpshufb + bit tests), vpmaddubsw against broadcast
 // int8 activations, int16 sums of up to 16 steps at low bit widths before one vpmaddwd (int8_tile).
 #include <immintrin.h>
@@ -19,13 +18,116 @@ namespace bf_avx2q {
 #include "ops_avx2.h"
 #include "../../core/q8_prep.h"
 
+// One quartet's 64 plane bytes ([16 rows][4 bytes p], rows 0..7 in v0, 8..15 in v1) regrouped so that each
+// 128-bit lane holds one byte position p of all 16 rows: y01 = (p0 | p1), y23 = (p2 | p3), rows in the lane
+// order 0-3, 8-11, 4-7, 12-15 (lut8_block undoes it). An in-lane 4x4 byte transpose, a dword unpack and a
+// qword permute: 6 instructions, shared by every activation row.
+static inline void lut8_regroup(__m256i v0, __m256i v1, __m256i& y01, __m256i& y23) {
+    const __m256i t = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                       0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i s0 = _mm256_shuffle_epi8(v0, t), s1 = _mm256_shuffle_epi8(v1, t);  // lane: [p][4 rows]
+    y01 = _mm256_permute4x64_epi64(_mm256_unpacklo_epi32(s0, s1), 0xD8);
+    y23 = _mm256_permute4x64_epi64(_mm256_unpackhi_epi32(s0, s1), 0xD8);
+}
+
+#ifndef BF_LUT8_PF
+#define BF_LUT8_PF 1024  // software prefetch distance along a plane, bytes (the hardware prefetcher alone left the
+                         // GEMV waiting on memory at ~4 GB/s a core)
+#endif
+
+// Adds one plane's lookups over quartets q0..q1-1 to u16 sums, per activation row: A = rows (0-3, 8-11), B =
+// (4-7, 12-15), each split over the two lanes (two byte positions p). Per quartet and row: 4 vpshufb (the tables
+// of 16 rows' low and high nibbles at p = 0, 1 and 2, 3: one 32-byte table load each, tab8 being [q][h][p][16]),
+// 4 byte unpacks pairing each row's low- and high-nibble entries, 4 vpmaddubsw against ones (pair sums <= 510),
+// 4 adds: at most 1020 a quartet per u16 lane. The callers keep every lane below 2^15 (so that the two lanes'
+// sum in lut8_widen fits 16 bits): 32 quartets of one plane, or the Horner sum of b' planes over a group when
+// (2^b' - 1) gq <= 32.
+template <int MT>
+static inline void lut8_plane_add(const uint8_t* pj, const uint8_t* const* tab, int64_t q0, int64_t q1,
+                                  __m256i (&A)[MT], __m256i (&B)[MT]) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0F), ones8 = _mm256_set1_epi8(1);
+    for (int64_t q = q0; q < q1; ++q) {
+        _mm_prefetch((const char*)(pj + 64 * q + BF_LUT8_PF), _MM_HINT_T0);
+        __m256i y[2];
+        lut8_regroup(_mm256_loadu_si256((const __m256i*)(pj + 64 * q)),
+                     _mm256_loadu_si256((const __m256i*)(pj + 64 * q + 32)), y[0], y[1]);
+        UNROLL for (int i = 0; i < 2; ++i) {
+            const __m256i lo = _mm256_and_si256(y[i], lo4), hi = _mm256_and_si256(_mm256_srli_epi16(y[i], 4), lo4);
+            UNROLL for (int mm = 0; mm < MT; ++mm) {
+                const uint8_t* t = tab[mm] + 128 * q + 32 * i;
+                const __m256i r = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i*)t), lo);
+                const __m256i h = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i*)(t + 64)), hi);
+                A[mm] = _mm256_add_epi16(A[mm], _mm256_maddubs_epi16(_mm256_unpacklo_epi8(r, h), ones8));
+                B[mm] = _mm256_add_epi16(B[mm], _mm256_maddubs_epi16(_mm256_unpackhi_epi8(r, h), ones8));
+            }
+        }
+    }
+}
+
+// The 16 rows' int32 sums (rows 0-7, 8-15) of the lane-split u16 sums A, B.
+static inline void lut8_widen(__m256i A, __m256i B, __m256i& r0, __m256i& r1) {
+    const __m128i a = _mm_add_epi16(_mm256_castsi256_si128(A), _mm256_extracti128_si256(A, 1));  // rows 0-3, 8-11
+    const __m128i b = _mm_add_epi16(_mm256_castsi256_si128(B), _mm256_extracti128_si256(B, 1));  // rows 4-7, 12-15
+    r0 = _mm256_cvtepu16_epi32(_mm_unpacklo_epi64(a, b));
+    r1 = _mm256_cvtepu16_epi32(_mm_unpackhi_epi64(a, b));
+}
+
+// LUT8 GEMV when (2^b' - 1) gq <= 32 (4 bits at groups of 64, 2 bits up to 256, ...): groups outer, planes inner,
+// the Horner sum d = 2d + P_j kept in the u16 accumulators (doubled before each plane), so a group costs one
+// widening and one epilogue, and the fp32 results stay in registers.
+template <int MT>
+static void lut8_block_h16(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb, int64_t m0) {
+    const int64_t Q = kquarts(a), NG = a->n_groups, gq = lut8_group_q(a);
+    const uint8_t* blk = a->planes + nb * a->bits * Q * 64;
+    const float planes_sum = (float)((1 << a->active_bits) - 1);
+    const uint8_t* tab[MT];
+    __m256 f[MT][2];
+    UNROLL for (int mm = 0; mm < MT; ++mm) {
+        tab[mm] = s->tab8 + (m0 + mm) * 128 * Q;
+        f[mm][0] = f[mm][1] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g < NG; ++g) {
+        const int64_t q0 = g * gq, q1 = g == NG - 1 ? Q : q0 + gq;
+        __m256i A[MT], B[MT];
+        UNROLL for (int mm = 0; mm < MT; ++mm) A[mm] = B[mm] = _mm256_setzero_si256();
+        for (int j = 0; j < a->active_bits; ++j) {
+            UNROLL for (int mm = 0; mm < MT; ++mm) {
+                A[mm] = _mm256_add_epi16(A[mm], A[mm]);
+                B[mm] = _mm256_add_epi16(B[mm], B[mm]);
+            }
+            lut8_plane_add<MT>(blk + j * Q * 64, tab, q0, q1, A, B);
+        }
+        const __m256 sg0 = _mm256_loadu_ps(a->scales + (nb * NG + g) * 16);
+        const __m256 sg1 = _mm256_loadu_ps(a->scales + (nb * NG + g) * 16 + 8);
+        const __m256 zg0 = _mm256_loadu_ps(a->szs + (nb * NG + g) * 16);
+        const __m256 zg1 = _mm256_loadu_ps(a->szs + (nb * NG + g) * 16 + 8);
+        UNROLL for (int mm = 0; mm < MT; ++mm) {
+            const int64_t m = m0 + mm;
+            __m256i d0, d1;
+            lut8_widen(A[mm], B[mm], d0, d1);
+            const float* tp = s->tpar + (m * NG + g) * 2;
+            const __m256 sc = _mm256_set1_ps(tp[0]), off = _mm256_set1_ps(planes_sum * tp[1]);
+            const __m256 xs = _mm256_set1_ps(s->xsum[m * NG + g]);
+            f[mm][0] = _mm256_fmadd_ps(sg0, _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(d0), off), f[mm][0]);
+            f[mm][1] = _mm256_fmadd_ps(sg1, _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(d1), off), f[mm][1]);
+            f[mm][0] = _mm256_fnmadd_ps(zg0, xs, f[mm][0]);
+            f[mm][1] = _mm256_fnmadd_ps(zg1, xs, f[mm][1]);
+        }
+    }
+    UNROLL for (int mm = 0; mm < MT; ++mm) {
+        float out[16];
+        _mm256_storeu_ps(out, f[mm][0]);
+        _mm256_storeu_ps(out + 8, f[mm][1]);
+        store_block(a, nb, m0 + mm, out);
+    }
+}
+
+// LUT8 GEMV: rows m0..m0+MT-1 against row block nb. Planes outer (each streamed once, in order), groups inner;
+// dacc [MT][NG][16] int32 holds d = sum_j 2^(b'-1-j) P_j per group (Horner: d = 2d + P_j).
 template <int MT>
 static void lut8_block(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb, int64_t m0, int32_t* dacc) {
     const int64_t Q = kquarts(a), NG = a->n_groups, gq = lut8_group_q(a);
     const uint8_t* blk = a->planes + nb * a->bits * Q * 64;
-    const __m256i lo4 = _mm256_set1_epi8(0x0F), ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-    __m256i keep[4];  // keep[p]: 0 at byte positions p (mod 4), 0x80 elsewhere
-    UNROLL for (int p = 0; p < 4; ++p) keep[p] = _mm256_set1_epi32((int32_t)(0x80808080u & ~(0xFFu << (8 * p))));
     const uint8_t* tab[MT];
     UNROLL for (int mm = 0; mm < MT; ++mm) tab[mm] = s->tab8 + (m0 + mm) * 128 * Q;
     for (int64_t i = 0; i < 2 * MT * NG; ++i) _mm256_storeu_si256((__m256i*)(dacc + 8 * i), _mm256_setzero_si256());
@@ -33,32 +135,24 @@ static void lut8_block(const bf_linear_args* a, const bf_q8_scratch* s, int64_t 
         const uint8_t* pj = blk + j * Q * 64;
         for (int64_t g = 0; g < NG; ++g) {
             const int64_t q0 = g * gq, q1 = g == NG - 1 ? Q : q0 + gq;
-            __m256i acc[MT][2];
-            UNROLL for (int mm = 0; mm < MT; ++mm) acc[mm][0] = acc[mm][1] = _mm256_setzero_si256();
-            for (int64_t q = q0; q < q1; ++q) {
-                UNROLL for (int h = 0; h < 2; ++h) {
-                    const __m256i w = _mm256_loadu_si256((const __m256i*)(pj + 64 * q + 32 * h));
-                    const __m256i lo = _mm256_and_si256(w, lo4);
-                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), lo4);
-                    UNROLL for (int mm = 0; mm < MT; ++mm) {
-                        const uint8_t* t = tab[mm] + 128 * q;
-                        __m256i rl = _mm256_setzero_si256(), rh = _mm256_setzero_si256();
-                        UNROLL for (int p = 0; p < 4; ++p) {
-                            const __m256i tl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(t + 16 * p)));
-                            const __m256i th = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(t + 64 + 16 * p)));
-                            rl = _mm256_or_si256(rl, _mm256_shuffle_epi8(tl, _mm256_or_si256(lo, keep[p])));
-                            rh = _mm256_or_si256(rh, _mm256_shuffle_epi8(th, _mm256_or_si256(hi, keep[p])));
-                        }
-                        const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(rl, ones8), _mm256_maddubs_epi16(rh, ones8));
-                        acc[mm][h] = _mm256_add_epi32(acc[mm][h], _mm256_madd_epi16(s16, ones16));
-                    }
+            __m256i P[MT][2];
+            UNROLL for (int mm = 0; mm < MT; ++mm) P[mm][0] = P[mm][1] = _mm256_setzero_si256();
+            for (int64_t c0 = q0; c0 < q1; c0 += 32) {  // u16 chunks of at most 32 quartets
+                __m256i A[MT], B[MT];
+                UNROLL for (int mm = 0; mm < MT; ++mm) A[mm] = B[mm] = _mm256_setzero_si256();
+                lut8_plane_add<MT>(pj, tab, c0, c0 + 32 < q1 ? c0 + 32 : q1, A, B);
+                UNROLL for (int mm = 0; mm < MT; ++mm) {
+                    __m256i r0, r1;
+                    lut8_widen(A[mm], B[mm], r0, r1);
+                    P[mm][0] = _mm256_add_epi32(P[mm][0], r0);
+                    P[mm][1] = _mm256_add_epi32(P[mm][1], r1);
                 }
             }
             UNROLL for (int mm = 0; mm < MT; ++mm)
                 UNROLL for (int h = 0; h < 2; ++h) {
                     __m256i* d = (__m256i*)(dacc + (mm * NG + g) * 16 + 8 * h);
                     const __m256i dv = _mm256_loadu_si256(d);
-                    _mm256_storeu_si256(d, _mm256_add_epi32(_mm256_add_epi32(dv, dv), acc[mm][h]));
+                    _mm256_storeu_si256(d, _mm256_add_epi32(_mm256_add_epi32(dv, dv), P[mm][h]));
                 }
         }
     }
@@ -266,10 +360,16 @@ static void int8_panels(const bf_linear_args* a, const bf_q8_scratch* s, int64_t
 static void rows_q8(const bf_linear_args* a, const bf_q8_scratch* s, int64_t nb0, int64_t nb1, void* work) {
     if (a->kernel == BF_KERNEL_LUT8) {
         int32_t* dacc = (int32_t*)work;
+        const bool h16 = ((1 << a->active_bits) - 1) * lut8_group_q(a) <= 32;
         for (int64_t nb = nb0; nb < nb1; ++nb) {
             int64_t m0 = 0;
-            for (; m0 + 2 <= a->m; m0 += 2) lut8_block<2>(a, s, nb, m0, dacc);
-            if (m0 < a->m) lut8_block<1>(a, s, nb, m0, dacc);
+            if (h16) {
+                for (; m0 + 2 <= a->m; m0 += 2) lut8_block_h16<2>(a, s, nb, m0);
+                if (m0 < a->m) lut8_block_h16<1>(a, s, nb, m0);
+            } else {
+                for (; m0 + 2 <= a->m; m0 += 2) lut8_block<2>(a, s, nb, m0, dacc);
+                if (m0 < a->m) lut8_block<1>(a, s, nb, m0, dacc);
+            }
             activate_region<Ops>(a, 0, a->m, 16 * nb, block_end(a, nb, 1));
         }
         return;
