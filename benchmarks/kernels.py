@@ -376,7 +376,7 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
         lines += ["", "Group size and the int8 GEMM (4096x4096, M = 128, 4-bit codes, int8 activations) against fbgemm "
                   "dynamic int8 (per-channel int8 weights), timed interleaved, one pass of each per round (median, "
                   "minimum, spread = (max - min) / median, `x fbgemm int8`: the median over rounds of fbgemm's time over "
-                  "ours in the same round); the per-group scale and zero terms cost 3 vector "
+                  "ours in the same round); on AVX-512 the per-group scale and zero terms cost 3 vector "
                   "operations per 16 dot-product instructions at group 64:", "",
                   "| weights | ms | min ms | spread | x fbgemm int8 |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {r['group']} | {cell(r['t'])} | {cell(r['min'])} | {r['spread']:.0%} | {r['x_int8']:.2f} |"
@@ -399,7 +399,7 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
     if rotation:
         lines += ["", "The input rotation of a rotated scheme (`QScheme(rotation=128)`: each 128 floats of a row through a "
                   "randomised Hadamard transform before the layer's kernel), into a new tensor: the native kernel "
-                  "(`kernels.native.rotate`, butterflies in AVX-512 registers), the torch form (`quant.rotation.rotate`, "
+                  "(`kernels.native.rotate`, butterflies in SIMD registers), the torch form (`quant.rotation.rotate`, "
                   "a block matrix product, what training and the reference use) and a plain copy of `x`, interleaved "
                   "(median; spread of the native one):", "",
                   "| x (M x K) | native ms | torch ms | copy ms | spread |", "|---|---:|---:|---:|---:|"]
@@ -408,12 +408,15 @@ def markdown(rows: list[dict], mini: list[dict], header: dict[str, str], groups:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace the kernels section of ``path`` (atomically; see ``quality.write_section``)."""
+def write_section(path: Path, body: str, section: str = "kernels") -> None:
+    """Replace the section ``section`` of ``path`` (between ``<!-- section:start -->`` and ``<!-- section:end -->``;
+    atomically, see ``quality.write_section``). ``kernels`` is the main table; others (``kernels-avx2``: a CPU
+    without AVX-512) keep a second machine's table beside it instead of over it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import quality
 
-    quality.write_section(path, body, START, END, "## Kernels")
+    start, end = (START, END) if section == "kernels" else (f"<!-- {section}:start -->", f"<!-- {section}:end -->")
+    quality.write_section(path, body, start, end, "## Kernels" if section == "kernels" else f"## Kernels ({section})")
 
 
 def machine(bw: float) -> str:
@@ -443,6 +446,9 @@ def main() -> None:
     ap.add_argument("--no-groups", dest="groups", action="store_false",
                     help="skip the interleaved tables (M = 1 against int4pack; the int8 GEMM by group size at M = 128)")
     ap.add_argument("--write", type=Path, default=None, help="markdown file whose kernels section to replace")
+    ap.add_argument("--section", default="kernels",
+                    help="name of the section --write replaces (default: kernels, the main table; e.g. "
+                         "kernels-avx2 for a machine without AVX-512)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*deprecated.*")  # torch.ao's dynamic quantisation notices
     if args.quick:
@@ -469,8 +475,8 @@ def main() -> None:
                   "minutes": f"{(time.perf_counter() - start) / 60:.1f}", "repeats": str(args.repeats),
                   "threads": str(torch.get_num_threads()),
                   "load": f"{load_start:.2f} before the run, {os.getloadavg()[0]:.2f} after it (this run included)"}
-        write_section(args.write, markdown(rows, mini, header, groups, gemv, rot))
-        print(f"wrote the kernels section of {args.write}")
+        write_section(args.write, markdown(rows, mini, header, groups, gemv, rot), args.section)
+        print(f"wrote the {args.section} section of {args.write}")
 
 
 if __name__ == "__main__":
