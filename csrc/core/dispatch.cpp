@@ -37,11 +37,15 @@ CpuFeatures cpu_features() {
 
 bool isa_supported(int isa) {
     const CpuFeatures f = cpu_features();
+    (void)f;  // no flags to read where neither x86 path is compiled
     switch (isa) {
         case BF_ISA_SCALAR: return true;
 #if defined(BF_X86)
         case BF_ISA_AVX2: return f.avx2;
         case BF_ISA_AVX512: return f.avx2 && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl;
+#endif
+#if defined(BF_ARM)
+        case BF_ISA_NEON: return true;  // baseline on AArch64
 #endif
         default: return false;
     }
@@ -59,11 +63,14 @@ static const bf_isa_impl& impl_of(int isa) {
     if (isa == BF_ISA_AVX512) return bf_impl_avx512;
     if (isa == BF_ISA_AVX2) return bf_impl_avx2;
 #endif
+#if defined(BF_ARM)
+    if (isa == BF_ISA_NEON) return bf_impl_neon;
+#endif
     return bf_impl_scalar;
 }
 
 const char* isa_name(int isa) {
-    static const char* names[BF_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+    static const char* names[BF_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};
     return (isa >= 0 && isa < BF_ISA_COUNT) ? names[isa] : "unknown";
 }
 

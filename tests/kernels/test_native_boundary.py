@@ -94,8 +94,17 @@ def test_bad_inputs_raise_before_any_pointer_is_touched() -> None:
 
 @needs_native
 def test_isa_env_var_rejects_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BITSFUSION_ISA", "neon")
+    monkeypatch.setenv("BITSFUSION_ISA", "sve2")
     with pytest.raises(ConfigError, match="BITSFUSION_ISA"):
+        isa.selected_isa()
+
+
+@needs_native
+def test_an_isa_of_another_architecture_is_unavailable_not_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``neon`` is a known path that an x86-64 build does not run (and ``avx2`` one that an AArch64 build does not)."""
+    other = "avx2" if "neon" in isa.supported_isas() else "neon"
+    monkeypatch.setenv("BITSFUSION_ISA", other)
+    with pytest.raises(KernelUnavailable, match=f"does not run the {other} path"):
         isa.selected_isa()
 
 

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-enum bf_isa { BF_ISA_SCALAR = 0, BF_ISA_AVX2 = 1, BF_ISA_AVX512 = 2, BF_ISA_COUNT = 3 };
+enum bf_isa { BF_ISA_SCALAR = 0, BF_ISA_AVX2 = 1, BF_ISA_AVX512 = 2, BF_ISA_NEON = 3, BF_ISA_COUNT = 4 };
 // LUT32: fp32 tables (exact). DEQUANT: fp32 dequantised tiles (exact). LUT8: int8 tables (T-MAC style,
 // table rounding error). INT8: activations quantised to int8 per row, integer dot products.
 enum bf_kernel { BF_KERNEL_LUT32 = 0, BF_KERNEL_DEQUANT = 1, BF_KERNEL_LUT8 = 2, BF_KERNEL_INT8 = 3 };
@@ -106,6 +106,9 @@ extern const bf_isa_impl bf_impl_scalar;
 #if defined(BF_X86)
 extern const bf_isa_impl bf_impl_avx2;
 extern const bf_isa_impl bf_impl_avx512;
+#endif
+#if defined(BF_ARM)
+extern const bf_isa_impl bf_impl_neon;
 #endif
 
 #ifdef __cplusplus

@@ -1,11 +1,11 @@
 """The native extension ``bitsfusion._C`` and the instruction-set paths it can run here.
 
 ``_C`` is built by the package's own build (scikit-build-core + CMake, ``csrc/``). It holds one copy of
-every kernel per ISA (``scalar``, ``avx2``, ``avx512``), compiled with per-file flags, and picks among
-them at run time from cpuid. The path used by a call is, in order of precedence:
+every kernel per ISA (``scalar``, ``avx2``, ``avx512`` on x86-64; ``scalar``, ``neon`` on AArch64), compiled
+with per-file flags, and picks among them at run time from cpuid. The path used by a call is, in order of precedence:
 
 1. the ``isa=`` argument of ``native.linear`` / ``dispatch.linear``;
-2. the environment variable ``BITSFUSION_ISA=scalar|avx2|avx512`` (read on every call, so tests can
+2. the environment variable ``BITSFUSION_ISA=scalar|avx2|avx512|neon`` (read on every call, so tests can
    force each path);
 3. the best path this CPU runs (``best_isa()``).
 
@@ -24,7 +24,7 @@ from ..errors import ConfigError, KernelUnavailable
 __all__ = ["ISA_NAMES", "NATIVE", "UNAVAILABLE_REASON", "supported_isas", "best_isa", "selected_isa",
            "isa_code", "cpu_features"]
 
-ISA_NAMES: tuple[str, ...] = ("scalar", "avx2", "avx512")
+ISA_NAMES: tuple[str, ...] = ("scalar", "avx2", "avx512", "neon")  # the codes of csrc enum bf_isa
 ENV_VAR = "BITSFUSION_ISA"
 
 
